@@ -1,0 +1,62 @@
+/**
+ * Helpers for integration tests: the stack's addresses, unique names per test, polling with a
+ * deadline. Integration tests run under `make test`, which starts one broker and one PostgreSQL
+ * for the whole run and passes their addresses in KAFKA_BROKERS and DATABASE_URL.
+ */
+import { randomBytes } from 'node:crypto';
+import { createServer } from 'node:net';
+
+export interface StackAddresses {
+  kafkaBrokers: string;
+  databaseUrl: string;
+}
+
+/** The broker and database of this test run; throws with what to do when they are missing. */
+export function stackFromEnv(env: NodeJS.ProcessEnv = process.env): StackAddresses {
+  const kafkaBrokers = env.KAFKA_BROKERS;
+  const databaseUrl = env.DATABASE_URL;
+  if (kafkaBrokers === undefined || databaseUrl === undefined) {
+    throw new Error(
+      'integration tests need KAFKA_BROKERS and DATABASE_URL: run them with `make test`, which starts a broker and PostgreSQL',
+    );
+  }
+  return { kafkaBrokers, databaseUrl };
+}
+
+/** A name unique to this test: topics, consumer groups and schemas never collide. */
+export function uniqueName(prefix: string): string {
+  return `${prefix}_${Date.now().toString(36)}_${randomBytes(3).toString('hex')}`;
+}
+
+/** A TCP port that was free a moment ago. */
+export async function freeTcpPort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      const port = typeof address === 'object' && address !== null ? address.port : 0;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+/**
+ * Polls `probe` until it returns a value other than `undefined`, or fails after `timeoutMs`
+ * with the last value `describe` gives, so a failing test says what it saw.
+ */
+export async function waitFor<T>(
+  probe: () => Promise<T | undefined>,
+  options: { timeoutMs: number; intervalMs?: number; what: string; describe?: () => string },
+): Promise<T> {
+  const deadline = Date.now() + options.timeoutMs;
+  for (;;) {
+    const value = await probe();
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) {
+      const seen = options.describe === undefined ? '' : `; last seen: ${options.describe()}`;
+      throw new Error(`timed out after ${options.timeoutMs} ms waiting for ${options.what}${seen}`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, options.intervalMs ?? 200));
+  }
+}

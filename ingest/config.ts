@@ -1,0 +1,47 @@
+import { ConfigReader } from '../shared/config-reader.js';
+import { DEFAULT_TOPIC } from '../shared/kafka-client.js';
+
+/** Everything the ingest service reads from the environment, validated once at start-up. */
+export interface IngestConfig {
+  host: string;
+  port: number;
+  kafkaBrokers: string[];
+  topic: string;
+  /** Partitions for the topic when ingest creates it. */
+  topicPartitions: number;
+  /** Longest wait for the broker's acknowledgement before answering 503. */
+  ackTimeoutMs: number;
+  /** Events produced but not yet acknowledged, at most; beyond it requests get 503. */
+  maxInFlightEvents: number;
+  /** Largest request body accepted, in bytes. */
+  maxBodyBytes: number;
+  /** Oldest accepted event timestamp, relative to the receive time. */
+  maxEventAgeMs: number;
+  /** Whole request deadline: reading the body, validating, producing and answering. */
+  requestTimeoutMs: number;
+  shutdownGraceMs: number;
+  logLevel: string;
+}
+
+export function readIngestConfig(env: NodeJS.ProcessEnv): IngestConfig {
+  const r = new ConfigReader(env);
+  const config: IngestConfig = {
+    host: r.string('INGEST_HOST', '0.0.0.0'),
+    port: r.port('INGEST_PORT', 8080),
+    kafkaBrokers: r.list('KAFKA_BROKERS', ['127.0.0.1:9092']),
+    topic: r.string('TOPIC', DEFAULT_TOPIC),
+    topicPartitions: r.int('TOPIC_PARTITIONS', 6, { min: 1, max: 1024 }),
+    ackTimeoutMs: r.secondsAsMs('ACK_TIMEOUT_SEC', 10, { min: 0.1, max: 300 }),
+    maxInFlightEvents: r.int('MAX_IN_FLIGHT_EVENTS', 50_000, { min: 1, max: 10_000_000 }),
+    maxBodyBytes: r.int('MAX_BODY_BYTES', 1_048_576, { min: 1024, max: 64 * 1_048_576 }),
+    maxEventAgeMs: r.secondsAsMs('MAX_EVENT_AGE_SEC', 7 * 24 * 3600, { min: 1, max: 3.2e7 }),
+    requestTimeoutMs: r.secondsAsMs('REQUEST_TIMEOUT_SEC', 30, { min: 0.1, max: 600 }),
+    shutdownGraceMs: r.secondsAsMs('SHUTDOWN_GRACE_SEC', 25, { min: 1, max: 600 }),
+    logLevel: r.oneOf('LOG_LEVEL', 'info', ['trace', 'debug', 'info', 'warn', 'error', 'fatal']),
+  };
+  if (config.requestTimeoutMs <= config.ackTimeoutMs) {
+    r.problem('REQUEST_TIMEOUT_SEC must be longer than ACK_TIMEOUT_SEC');
+  }
+  r.finish();
+  return config;
+}

@@ -1,0 +1,143 @@
+import kafkaJavascript from '@confluentinc/kafka-javascript';
+import { PipelineError } from '../shared/errors.js';
+import { type ActivityEvent, encodeEvent } from '../shared/event-schema.js';
+import { ensureTopic, type Kafka } from '../shared/kafka-client.js';
+import type { Logger } from '../shared/logger.js';
+import type { IngestMetrics } from './metrics.js';
+
+const { KafkaJS } = kafkaJavascript;
+type Producer = ReturnType<Kafka['producer']>;
+
+export interface EventProducerOptions {
+  topic: string;
+  topicPartitions: number;
+  ackTimeoutMs: number;
+  maxInFlightEvents: number;
+}
+
+/**
+ * Produces validated events and resolves only once the broker has acknowledged every one of
+ * them (idempotent producer, acks=all). The number of events waiting for acknowledgement is
+ * bounded: past the bound, `produce` fails at once with `queue_full` instead of buffering.
+ *
+ * Messages are keyed by `user_id`, so one user always lands in the same partition: the
+ * aggregator's per-partition unique-user counts add up exactly because of it.
+ */
+export class EventProducer {
+  private readonly producer: Producer;
+  private inFlightEvents = 0;
+  private ready = false;
+
+  constructor(
+    private readonly kafka: Kafka,
+    private readonly options: EventProducerOptions,
+    private readonly metrics: IngestMetrics,
+    private readonly logger: Logger,
+  ) {
+    this.producer = kafka.producer({
+      kafkaJS: {
+        idempotent: true,
+        acks: -1,
+        compression: KafkaJS.CompressionTypes.LZ4,
+      },
+      // A short linger batches concurrent requests into one produce request.
+      'linger.ms': 2,
+      // librdkafka itself fails a message it could not deliver in time, so a 503 answer means
+      // the message was given up, not that it might still arrive later.
+      'message.timeout.ms': options.ackTimeoutMs,
+      'queue.buffering.max.messages': Math.max(options.maxInFlightEvents * 2, 1000),
+    });
+  }
+
+  /** Events handed to the producer and not yet acknowledged. */
+  get inFlight(): number {
+    return this.inFlightEvents;
+  }
+
+  /** True once connected and the topic is known. */
+  get isReady(): boolean {
+    return this.ready;
+  }
+
+  async start(): Promise<void> {
+    const topic = await ensureTopic(this.kafka, this.options.topic, this.options.topicPartitions);
+    this.logger.info(
+      { topic: this.options.topic, partitions: topic.partitions, created: topic.created },
+      'topic ready',
+    );
+    await this.producer.connect();
+    this.ready = true;
+  }
+
+  /**
+   * Produces `events` and resolves once all are acknowledged; rejects with a retryable
+   * PipelineError (`queue_full`, `broker_timeout`, `broker_unavailable`) otherwise.
+   */
+  async produce(events: readonly ActivityEvent[], receivedAtMs: number): Promise<void> {
+    if (!this.ready) {
+      throw new PipelineError('broker_unavailable', 'the producer is not connected', {
+        retryable: true,
+      });
+    }
+    if (this.inFlightEvents + events.length > this.options.maxInFlightEvents) {
+      throw new PipelineError(
+        'queue_full',
+        'too many events are waiting for the broker; retry later',
+        { retryable: true },
+      );
+    }
+    this.inFlightEvents += events.length;
+    this.metrics.producerInFlight.set(this.inFlightEvents);
+    const stopTimer = this.metrics.ackDuration.startTimer();
+    const receivedAt = String(receivedAtMs);
+    try {
+      await this.producer.send({
+        topic: this.options.topic,
+        messages: events.map((event) => ({
+          key: event.user_id,
+          value: encodeEvent(event),
+          timestamp: receivedAt,
+          headers: { 'content-type': 'application/json' },
+        })),
+      });
+    } catch (err) {
+      throw classifyProduceError(err);
+    } finally {
+      stopTimer();
+      this.inFlightEvents -= events.length;
+      this.metrics.producerInFlight.set(this.inFlightEvents);
+    }
+  }
+
+  /** Flushes what is queued (bounded by `timeoutMs`) and disconnects. */
+  async close(timeoutMs: number): Promise<void> {
+    this.ready = false;
+    try {
+      await this.producer.flush({ timeout: timeoutMs });
+    } catch (err) {
+      this.logger.warn({ err }, 'producer flush did not complete');
+    }
+    await this.producer.disconnect();
+  }
+}
+
+function classifyProduceError(err: unknown): PipelineError {
+  const code = (err as { code?: unknown }).code;
+  const text = err instanceof Error ? err.message : String(err);
+  if (code === KafkaJS.ErrorCodes.ERR__MSG_TIMED_OUT || /timed out/i.test(text)) {
+    return new PipelineError('broker_timeout', 'the broker did not acknowledge in time', {
+      cause: err,
+      retryable: true,
+    });
+  }
+  if (code === KafkaJS.ErrorCodes.ERR__QUEUE_FULL) {
+    return new PipelineError('queue_full', 'the producer queue is full', {
+      cause: err,
+      retryable: true,
+    });
+  }
+  return new PipelineError('broker_unavailable', `the broker refused the events: ${text}`, {
+    cause: err,
+    retryable: true,
+  });
+}

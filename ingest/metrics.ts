@@ -1,0 +1,63 @@
+import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
+
+/** The routes metrics are labelled with; anything else is `other`, to bound label cardinality. */
+export const KNOWN_ROUTES = [
+  '/activity',
+  '/activities',
+  '/healthz',
+  '/readyz',
+  '/metrics',
+] as const;
+
+export function routeLabel(path: string): string {
+  return (KNOWN_ROUTES as readonly string[]).includes(path) ? path : 'other';
+}
+
+/** The ingest service's own metrics, registered once on the service registry. */
+export function createIngestMetrics(registry: Registry) {
+  const registers = [registry];
+  return {
+    httpRequests: new Counter({
+      name: 'ingest_http_requests_total',
+      help: 'HTTP requests answered, by route, method and status (499: client went away).',
+      labelNames: ['route', 'method', 'status'],
+      registers,
+    }),
+    httpDuration: new Histogram({
+      name: 'ingest_http_request_duration_seconds',
+      help: 'Time from request received to response written, by route.',
+      labelNames: ['route'],
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers,
+    }),
+    httpInFlight: new Gauge({
+      name: 'ingest_http_in_flight_requests',
+      help: 'Requests received and not yet answered.',
+      registers,
+    }),
+    eventsAccepted: new Counter({
+      name: 'ingest_events_accepted_total',
+      help: 'Events acknowledged by the broker and answered as accepted.',
+      registers,
+    }),
+    eventsRejected: new Counter({
+      name: 'ingest_events_rejected_total',
+      help: 'Events not accepted, by reason code.',
+      labelNames: ['reason'],
+      registers,
+    }),
+    producerInFlight: new Gauge({
+      name: 'ingest_producer_in_flight_events',
+      help: 'Events handed to the producer and not yet acknowledged (bounded by MAX_IN_FLIGHT_EVENTS).',
+      registers,
+    }),
+    ackDuration: new Histogram({
+      name: 'ingest_broker_ack_duration_seconds',
+      help: 'Time from handing a request’s events to the producer to the broker’s acknowledgement.',
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers,
+    }),
+  };
+}
+
+export type IngestMetrics = ReturnType<typeof createIngestMetrics>;

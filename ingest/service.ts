@@ -1,0 +1,83 @@
+import { createKafka } from '../shared/kafka-client.js';
+import { type Service, StateHolder, withDeadline } from '../shared/lifecycle.js';
+import type { Logger } from '../shared/logger.js';
+import { createServiceRegistry } from '../shared/service-metrics.js';
+import type { IngestConfig } from './config.js';
+import { EventProducer } from './event-producer.js';
+import { HttpServer } from './http-server.js';
+import { createIngestMetrics, routeLabel } from './metrics.js';
+import { createRequestHandler } from './request-handler.js';
+
+export interface IngestService extends Service {
+  /** The port the HTTP server listens on. */
+  readonly port: number;
+}
+
+/**
+ * Wires the ingest components and starts them: producer first (so that the first request can
+ * be acknowledged), then the HTTP server.
+ */
+export async function startIngest(config: IngestConfig, logger: Logger): Promise<IngestService> {
+  const state = new StateHolder();
+  const registry = createServiceRegistry('ingest', state);
+  const metrics = createIngestMetrics(registry);
+  const kafka = createKafka({ brokers: config.kafkaBrokers, clientId: 'ingest', logger });
+  const producer = new EventProducer(
+    kafka,
+    {
+      topic: config.topic,
+      topicPartitions: config.topicPartitions,
+      ackTimeoutMs: config.ackTimeoutMs,
+      maxInFlightEvents: config.maxInFlightEvents,
+    },
+    metrics,
+    logger.child({ component: 'producer' }),
+  );
+  const http = new HttpServer({
+    host: config.host,
+    port: config.port,
+    maxBodyBytes: config.maxBodyBytes,
+    requestTimeoutMs: config.requestTimeoutMs,
+    logger: logger.child({ component: 'http' }),
+    handler: createRequestHandler({
+      producer,
+      metrics,
+      registry,
+      state,
+      maxEventAgeMs: config.maxEventAgeMs,
+      logger: logger.child({ component: 'requests' }),
+    }),
+    onResponse: (request, status, seconds) => {
+      const route = routeLabel(request.path);
+      metrics.httpRequests.inc({ route, method: request.method, status });
+      metrics.httpDuration.observe({ route }, seconds);
+      metrics.httpInFlight.set(http.inFlight);
+    },
+  });
+
+  try {
+    await producer.start();
+    await http.start();
+  } catch (err) {
+    state.set('failed');
+    await producer.close(1000).catch(() => {});
+    http.stopAccepting();
+    throw err;
+  }
+  state.set('running');
+  logger.info({ host: config.host, port: http.port, topic: config.topic }, 'ingest listening');
+
+  let closing: Promise<void> | undefined;
+  const close = (): Promise<void> => {
+    closing ??= (async () => {
+      // Stop accepting, answer what was received, then flush what the producer still holds.
+      state.set('draining');
+      http.stopAccepting();
+      await withDeadline(http.drained(), config.shutdownGraceMs, 'answering in-flight requests');
+      await producer.close(Math.max(1000, config.shutdownGraceMs / 2));
+      state.set('stopped');
+    })();
+    return closing;
+  };
+  return { state, close, port: http.port };
+}

@@ -1,0 +1,50 @@
+import { ConfigReader } from '../shared/config-reader.js';
+import { DEFAULT_TOPIC } from '../shared/kafka-client.js';
+
+/** Everything the aggregator reads from the environment, validated once at start-up. */
+export interface AggregatorConfig {
+  host: string;
+  /** Port of /healthz, /readyz and /metrics. */
+  port: number;
+  kafkaBrokers: string[];
+  topic: string;
+  consumerGroup: string;
+  databaseUrl: string;
+  /** PostgreSQL schema holding the metrics table and view. */
+  databaseSchema: string;
+  windowMs: number;
+  allowedLatenessMs: number;
+  /** Flush at least this often while there are changes. */
+  flushIntervalMs: number;
+  /** Flush once this many records were consumed since the last flush. */
+  batchSize: number;
+  shutdownGraceMs: number;
+  logLevel: string;
+}
+
+export function readAggregatorConfig(env: NodeJS.ProcessEnv): AggregatorConfig {
+  const r = new ConfigReader(env);
+  const config: AggregatorConfig = {
+    host: r.string('AGGREGATOR_HOST', '0.0.0.0'),
+    port: r.port('AGGREGATOR_PORT', 8081),
+    kafkaBrokers: r.list('KAFKA_BROKERS', ['127.0.0.1:9092']),
+    topic: r.string('TOPIC', DEFAULT_TOPIC),
+    consumerGroup: r.string('CONSUMER_GROUP', 'activity-aggregator'),
+    databaseUrl: r.string('DATABASE_URL', 'postgres://postgres@127.0.0.1:5432/activity'),
+    databaseSchema: r.string('DATABASE_SCHEMA', 'public'),
+    windowMs: r.secondsAsMs('WINDOW_SEC', 60, { min: 1, max: 86_400 }),
+    allowedLatenessMs: r.secondsAsMs('ALLOWED_LATENESS_SEC', 10, { min: 0, max: 86_400 }),
+    flushIntervalMs: r.secondsAsMs('FLUSH_INTERVAL_SEC', 2, { min: 0.05, max: 3600 }),
+    batchSize: r.int('BATCH_SIZE', 20_000, { min: 1, max: 10_000_000 }),
+    shutdownGraceMs: r.secondsAsMs('SHUTDOWN_GRACE_SEC', 25, { min: 1, max: 600 }),
+    logLevel: r.oneOf('LOG_LEVEL', 'info', ['trace', 'debug', 'info', 'warn', 'error', 'fatal']),
+  };
+  if (!/^[a-z_][a-z0-9_]{0,62}$/.test(config.databaseSchema)) {
+    r.problem(
+      `DATABASE_SCHEMA=${JSON.stringify(config.databaseSchema)}: expected a lower-case SQL identifier`,
+    );
+  }
+  if (config.windowMs % 1000 !== 0) r.problem('WINDOW_SEC must be a whole number of seconds');
+  r.finish();
+  return config;
+}

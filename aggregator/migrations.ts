@@ -1,0 +1,87 @@
+import type { ClientBase } from 'pg';
+
+/**
+ * Versioned schema migrations, applied in order at start-up. Safe to run from many instances at
+ * once: a transaction-scoped advisory lock serialises them, and each applied version is recorded
+ * in `schema_migrations` (the schema's only non-analytics table, holding one row per version).
+ */
+const MIGRATIONS: ReadonlyArray<{ version: number; name: string; sql: string }> = [
+  {
+    version: 1,
+    name: 'user_activity_metrics',
+    sql: `
+      CREATE TABLE user_activity_metrics (
+        id               BIGSERIAL PRIMARY KEY,
+        "timestamp"      TIMESTAMPTZ NOT NULL,
+        window_seconds   INTEGER     NOT NULL,
+        source_partition INTEGER     NOT NULL,
+        unique_users     INTEGER     NOT NULL,
+        page_view_count  BIGINT      NOT NULL,
+        event_count      BIGINT      NOT NULL,
+        first_offset     BIGINT      NOT NULL,
+        through_offset   BIGINT      NOT NULL,
+        is_final         BOOLEAN     NOT NULL DEFAULT false,
+        created_at       TIMESTAMPTZ NOT NULL DEFAULT now(),
+        updated_at       TIMESTAMPTZ NOT NULL DEFAULT now(),
+        CONSTRAINT user_activity_metrics_window_partition
+          UNIQUE ("timestamp", window_seconds, source_partition)
+      );
+      COMMENT ON TABLE user_activity_metrics IS
+        'One row per (event-time window, source partition): exact figures for that partition, which covers a disjoint set of users.';
+      COMMENT ON COLUMN user_activity_metrics."timestamp" IS 'Window start (UTC).';
+      COMMENT ON COLUMN user_activity_metrics.first_offset IS 'First partition offset that contributed to this window.';
+      COMMENT ON COLUMN user_activity_metrics.through_offset IS 'The figures reflect the partition consumed through this offset.';
+      CREATE INDEX user_activity_metrics_partition_offset
+        ON user_activity_metrics (source_partition, through_offset);
+
+      CREATE VIEW user_activity_window_totals AS
+        SELECT "timestamp"            AS window_start,
+               window_seconds,
+               sum(unique_users)::bigint    AS unique_users,
+               sum(page_view_count)::bigint AS page_view_count,
+               sum(event_count)::bigint     AS event_count,
+               bool_and(is_final)           AS is_final,
+               max(updated_at)              AS updated_at
+          FROM user_activity_metrics
+         GROUP BY "timestamp", window_seconds;
+      COMMENT ON VIEW user_activity_window_totals IS
+        'Per-window totals: unique users add up across partitions because ingest keys every event by user_id.';
+    `,
+  },
+];
+
+export const LATEST_SCHEMA_VERSION = MIGRATIONS.at(-1)?.version ?? 0;
+
+/** Creates `schema` if needed and applies every migration it has not seen yet. */
+export async function migrate(client: ClientBase, schema: string): Promise<number[]> {
+  const applied: number[] = [];
+  await client.query('BEGIN');
+  try {
+    // One lock for every instance migrating this schema; released at COMMIT.
+    await client.query('SELECT pg_advisory_xact_lock(hashtext($1))', [`migrate:${schema}`]);
+    await client.query(`CREATE SCHEMA IF NOT EXISTS ${schema}`);
+    await client.query(`SET LOCAL search_path TO ${schema}`);
+    await client.query(
+      `CREATE TABLE IF NOT EXISTS schema_migrations (
+         version INTEGER PRIMARY KEY,
+         name TEXT NOT NULL,
+         applied_at TIMESTAMPTZ NOT NULL DEFAULT now())`,
+    );
+    const done = await client.query<{ version: number }>('SELECT version FROM schema_migrations');
+    const seen = new Set(done.rows.map((row) => row.version));
+    for (const migration of MIGRATIONS) {
+      if (seen.has(migration.version)) continue;
+      await client.query(migration.sql);
+      await client.query('INSERT INTO schema_migrations (version, name) VALUES ($1, $2)', [
+        migration.version,
+        migration.name,
+      ]);
+      applied.push(migration.version);
+    }
+    await client.query('COMMIT');
+  } catch (err) {
+    await client.query('ROLLBACK').catch(() => {});
+    throw err;
+  }
+  return applied;
+}

@@ -1,0 +1,43 @@
+# Activity pipeline: local development and CI entry points. `make` lists the targets.
+# Everything runs on this machine: the Kafka broker and PostgreSQL are started by
+# deploy/local/stack.ts from .local/ (see `make install`); no Docker needed.
+
+SHELL := /bin/bash
+TSC := node_modules/.bin/tsc
+BIOME := node_modules/.bin/biome
+FILTER ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install build typecheck lint up test clean clean-data
+
+help: ## List the targets
+	@echo 'Usage: make <target>'
+	@echo
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-11s %s\n", $$1, $$2}'
+	@echo
+	@echo 'Examples: make up    INGEST_PORT=9080 make up    make test FILTER=window'
+
+install: ## Install apt packages, npm deps and the Kafka broker jars (idempotent)
+	bash deploy/local/install.sh
+
+build: install ## Compile TypeScript into dist/ (from scratch, so no stale tests remain)
+	rm -rf dist
+	$(TSC) -p tsconfig.json
+
+typecheck: install ## Type-check sources and tests without emitting
+	$(TSC) -p tsconfig.json --noEmit
+
+lint: install ## Biome lint and format check
+	$(BIOME) check .
+
+up: install build ## Run broker, Postgres, ingest and aggregator locally; Ctrl-C stops all
+	node dist/deploy/local/up.js
+
+test: install build lint ## Build, lint, then run all tests against a fresh broker and Postgres
+	node dist/deploy/local/run-tests.js $(FILTER)
+
+clean: ## Remove dist/
+	rm -rf dist
+
+clean-data: ## Remove local broker/Postgres data (.local/dev, .local/test)
+	rm -rf .local/dev .local/test

@@ -8,7 +8,7 @@ BIOME := node_modules/.bin/biome
 FILTER ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install build typecheck lint up test clean clean-data
+.PHONY: help install build typecheck lint up up-guard test clean clean-data
 
 help: ## List the targets
 	@echo 'Usage: make <target>'
@@ -30,8 +30,17 @@ typecheck: install ## Type-check sources and tests without emitting
 lint: install ## Biome lint and format check
 	$(BIOME) check .
 
-up: install build ## Run broker, Postgres, ingest and aggregator locally; Ctrl-C stops all
+up: up-guard install build ## Run broker, Postgres, ingest and aggregator locally; Ctrl-C stops all
 	node dist/deploy/local/up.js
+
+# Checked before the build: rebuilding dist/ under a running `make up` would pull files from
+# under its services. up.js holds the same lock and checks again.
+up-guard:
+	@pid=$$(cat .local/dev/up.pid 2>/dev/null); \
+	if [[ -n "$$pid" ]] && grep -qs up.js "/proc/$$pid/cmdline"; then \
+	  echo "make up is already running (pid $$pid). Stop it with Ctrl-C in its terminal, or: kill $$pid"; \
+	  exit 1; \
+	fi
 
 test: install build lint ## Build, lint, then run all tests against a fresh broker and Postgres
 	node dist/deploy/local/run-tests.js $(FILTER)

@@ -20,9 +20,13 @@ help: ## List the targets
 install: ## Install apt packages, npm deps and the Kafka broker jars (idempotent)
 	bash deploy/local/install.sh
 
-build: install ## Compile TypeScript into dist/ (from scratch, so no stale tests remain)
-	rm -rf dist
+build: install ## Compile TypeScript into dist/, dropping output whose source is gone
 	$(TSC) -p tsconfig.json
+	@# A deleted source must not leave its compiled test behind (dist/ is not wiped: a
+	@# concurrent test run may be reading it).
+	@cd dist && find . -name '*.js' | while read -r f; do \
+	  [[ -f "../$${f%.js}.ts" ]] || rm -f "$$f" "$$f.map"; \
+	done
 
 typecheck: install ## Type-check sources and tests without emitting
 	$(TSC) -p tsconfig.json --noEmit

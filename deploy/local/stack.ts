@@ -1,9 +1,10 @@
 import { existsSync } from 'node:fs';
-import { mkdir, rm } from 'node:fs/promises';
+import { mkdir, readdir, rm } from 'node:fs/promises';
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ConfigReader } from '../../shared/config-reader.js';
 import { PipelineError } from '../../shared/errors.js';
+import { isAlive } from './child-process.js';
 import { freePort, isPortFree } from './free-port.js';
 import { KafkaBroker } from './kafka-broker.js';
 import { PostgresCluster } from './postgres-cluster.js';
@@ -13,7 +14,8 @@ export const REPO_ROOT = findRepoRoot(dirname(fileURLToPath(import.meta.url)));
 
 /**
  * `dev`: `make up`; data in .local/dev, kept across runs, stable ports when free.
- * `test`: `make test`; fresh data in .local/test on every run, free ports.
+ * `test`: `make test`; fresh data in .local/test/run-<pid> for each run (so that concurrent runs
+ *   never share a broker or a data directory), free ports, removed when the run stops.
  */
 export type StackMode = 'dev' | 'test';
 
@@ -82,7 +84,11 @@ function readStackConfig(env: NodeJS.ProcessEnv): StackConfig {
 export async function startLocalStack(options: StackOptions): Promise<LocalStack> {
   const { mode, log } = options;
   const config = readStackConfig(options.env ?? process.env);
-  const baseDir = join(REPO_ROOT, '.local', mode);
+  if (mode === 'test') await removeAbandonedTestRuns(log);
+  const baseDir =
+    mode === 'test'
+      ? join(REPO_ROOT, '.local', 'test', `run-${process.pid}`)
+      : join(REPO_ROOT, '.local', mode);
   const kafkaDir = join(baseDir, 'kafka');
   const pgDir = join(baseDir, 'pg');
   const kafkaLog = join(baseDir, 'kafka.log');
@@ -169,6 +175,13 @@ export async function startLocalStack(options: StackOptions): Promise<LocalStack
       broker === undefined ? undefined : force ? broker.kill() : broker.stop(),
       cluster === undefined ? undefined : force ? cluster.kill() : cluster.stop(),
     ]);
+    // Test data goes; the logs stay for a look after a failure, until the next run removes them.
+    if (mode === 'test') {
+      await Promise.all([
+        rm(kafkaDir, { recursive: true, force: true }),
+        rm(pgDir, { recursive: true, force: true }),
+      ]);
+    }
   };
 
   const [kafka, postgres] = await Promise.allSettled([startKafka(), startPostgres()]);
@@ -192,6 +205,24 @@ export async function startLocalStack(options: StackOptions): Promise<LocalStack
     logDir: baseDir,
     stop,
   };
+}
+
+/**
+ * Stops and removes the stacks of test runs whose launcher is gone (killed before it could clean
+ * up). Runs of live launchers are left alone: they may be running right now.
+ */
+async function removeAbandonedTestRuns(log: (line: string) => void): Promise<void> {
+  const testDir = join(REPO_ROOT, '.local', 'test');
+  const entries = await readdir(testDir).catch(() => [] as string[]);
+  for (const entry of entries) {
+    const pid = Number(/^run-(\d+)$/.exec(entry)?.[1]);
+    if (!Number.isSafeInteger(pid) || isAlive(pid)) continue;
+    const dir = join(testDir, entry);
+    log(`[stack] removing the abandoned test run ${entry}`);
+    await KafkaBroker.stopLeftover(join(dir, 'kafka'), log);
+    await PostgresCluster.stopLeftover(join(dir, 'pg'), log);
+    await rm(dir, { recursive: true, force: true });
+  }
 }
 
 /**

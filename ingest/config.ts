@@ -13,8 +13,20 @@ export interface IngestConfig {
   ackTimeoutMs: number;
   /** Events produced but not yet acknowledged, at most; beyond it requests get 503. */
   maxInFlightEvents: number;
-  /** Largest request body accepted, in bytes. */
+  /** Largest request body accepted, in bytes (as sent, before decompression). */
   maxBodyBytes: number;
+  /** Largest body after `Content-Encoding: gzip` is inflated. */
+  maxDecompressedBytes: number;
+  /** Most events in one `POST /activities`. */
+  maxBatchEvents: number;
+  /** Origins allowed by CORS (`*` for any); empty: no CORS headers. */
+  corsAllowedOrigins: string[];
+  /** Accepted API keys; empty: no authentication. */
+  apiKeys: string[];
+  /** Requests per second per API key (per remote address when keys are off); 0: no limit. */
+  rateLimitPerSec: number;
+  /** Requests a client may make at once before the rate applies. */
+  rateLimitBurst: number;
   /** Oldest accepted event timestamp, relative to the receive time. */
   maxEventAgeMs: number;
   /** Whole request deadline: reading the body, validating, producing and answering. */
@@ -34,11 +46,25 @@ export function readIngestConfig(env: NodeJS.ProcessEnv): IngestConfig {
     ackTimeoutMs: r.secondsAsMs('ACK_TIMEOUT_SEC', 10, { min: 0.1, max: 300 }),
     maxInFlightEvents: r.int('MAX_IN_FLIGHT_EVENTS', 50_000, { min: 1, max: 10_000_000 }),
     maxBodyBytes: r.int('MAX_BODY_BYTES', 1_048_576, { min: 1024, max: 64 * 1_048_576 }),
+    maxDecompressedBytes: r.int('MAX_DECOMPRESSED_BYTES', 4_194_304, {
+      min: 1024,
+      max: 256 * 1_048_576,
+    }),
+    maxBatchEvents: r.int('MAX_BATCH_EVENTS', 1000, { min: 1, max: 100_000 }),
+    corsAllowedOrigins: r.list('CORS_ALLOWED_ORIGINS', []),
+    apiKeys: r.list('API_KEYS', []),
+    rateLimitPerSec: r.int('RATE_LIMIT_PER_SEC', 0, { min: 0, max: 10_000_000 }),
+    rateLimitBurst: r.int('RATE_LIMIT_BURST', 0, { min: 0, max: 10_000_000 }),
     maxEventAgeMs: r.secondsAsMs('MAX_EVENT_AGE_SEC', 7 * 24 * 3600, { min: 1, max: 3.2e7 }),
     requestTimeoutMs: r.secondsAsMs('REQUEST_TIMEOUT_SEC', 30, { min: 0.1, max: 600 }),
     shutdownGraceMs: r.secondsAsMs('SHUTDOWN_GRACE_SEC', 25, { min: 1, max: 600 }),
     logLevel: r.oneOf('LOG_LEVEL', 'info', ['trace', 'debug', 'info', 'warn', 'error', 'fatal']),
   };
+  // A burst of 0 means "twice the rate": one second of headroom either side.
+  if (config.rateLimitBurst === 0) config.rateLimitBurst = Math.max(1, config.rateLimitPerSec * 2);
+  if (config.maxDecompressedBytes < config.maxBodyBytes) {
+    r.problem('MAX_DECOMPRESSED_BYTES must be at least MAX_BODY_BYTES');
+  }
   if (config.requestTimeoutMs <= config.ackTimeoutMs) {
     r.problem('REQUEST_TIMEOUT_SEC must be longer than ACK_TIMEOUT_SEC');
   }

@@ -70,10 +70,15 @@ export class EventProducer {
   }
 
   /**
-   * Produces `events` and resolves once all are acknowledged; rejects with a retryable
-   * PipelineError (`queue_full`, `broker_timeout`, `broker_unavailable`) otherwise.
+   * Produces `events` and resolves, once every one is acknowledged or given up, with one entry
+   * per event: `null` for acknowledged, a retryable PipelineError (`broker_timeout`,
+   * `broker_unavailable`, `queue_full`) for not stored. Rejects with `queue_full` or
+   * `broker_unavailable`, producing nothing, when the events cannot be admitted at all.
    */
-  async produce(events: readonly ActivityEvent[], receivedAtMs: number): Promise<void> {
+  async produce(
+    events: readonly ActivityEvent[],
+    receivedAtMs: number,
+  ): Promise<Array<PipelineError | null>> {
     if (!this.ready) {
       throw new PipelineError('broker_unavailable', 'the producer is not connected', {
         retryable: true,
@@ -89,19 +94,28 @@ export class EventProducer {
     this.inFlightEvents += events.length;
     this.metrics.producerInFlight.set(this.inFlightEvents);
     const stopTimer = this.metrics.ackDuration.startTimer();
-    const receivedAt = String(receivedAtMs);
+    const timestamp = String(receivedAtMs);
     try {
-      await this.producer.send({
-        topic: this.options.topic,
-        messages: events.map((event) => ({
-          key: event.user_id,
-          value: encodeEvent(event),
-          timestamp: receivedAt,
-          headers: { 'content-type': 'application/json' },
-        })),
-      });
-    } catch (err) {
-      throw classifyProduceError(err);
+      // One send per event: each gets its own delivery report, so a batch's answer can say
+      // exactly which events the broker has. librdkafka still batches them on the wire.
+      const reports = await Promise.allSettled(
+        events.map((event) =>
+          this.producer.send({
+            topic: this.options.topic,
+            messages: [
+              {
+                key: event.user_id,
+                value: encodeEvent(event),
+                timestamp,
+                headers: { 'content-type': 'application/json' },
+              },
+            ],
+          }),
+        ),
+      );
+      return reports.map((report) =>
+        report.status === 'fulfilled' ? null : classifyProduceError(report.reason),
+      );
     } finally {
       stopTimer();
       this.inFlightEvents -= events.length;

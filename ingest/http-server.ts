@@ -60,6 +60,7 @@ const STATUS_TEXT: Record<number, string> = {
   207: 'Multi-Status',
   400: 'Bad Request',
   401: 'Unauthorized',
+  403: 'Forbidden',
   404: 'Not Found',
   405: 'Method Not Allowed',
   408: 'Request Timeout',

@@ -46,6 +46,17 @@ export function createIngestMetrics(registry: Registry) {
       labelNames: ['reason'],
       registers,
     }),
+    requestsRefused: new Counter({
+      name: 'ingest_requests_refused_total',
+      help: 'POST requests refused before their events were read (auth, rate limit, media type, encoding, size, draining), by reason code.',
+      labelNames: ['reason'],
+      registers,
+    }),
+    rateLimited: new Counter({
+      name: 'ingest_rate_limited_requests_total',
+      help: 'Requests answered 429 because their client exceeded RATE_LIMIT_PER_SEC.',
+      registers,
+    }),
     producerInFlight: new Gauge({
       name: 'ingest_producer_in_flight_events',
       help: 'Events handed to the producer and not yet acknowledged (bounded by MAX_IN_FLIGHT_EVENTS).',

@@ -1,8 +1,12 @@
 import type { Registry } from 'prom-client';
+import type { PipelineError } from '../shared/errors.js';
 import { hasCode } from '../shared/errors.js';
-import { validateEvent } from '../shared/event-schema.js';
+import { type ActivityEvent, type EventValidation, validateEvent } from '../shared/event-schema.js';
 import type { StateHolder } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
+import { ApiKeys } from './api-keys.js';
+import { parseBatch } from './batch-parser.js';
+import type { CorsPolicy } from './cors.js';
 import type { EventProducer } from './event-producer.js';
 import {
   errorResponse,
@@ -11,28 +15,54 @@ import {
   type HttpResponse,
 } from './http-server.js';
 import type { IngestMetrics } from './metrics.js';
+import type { RateLimiter } from './rate-limiter.js';
+import { decodeBody } from './request-body.js';
 
 export interface RequestHandlerDeps {
   producer: EventProducer;
   metrics: IngestMetrics;
   registry: Registry;
   state: StateHolder;
+  cors: CorsPolicy;
+  apiKeys: ApiKeys;
+  rateLimiter: RateLimiter;
   maxEventAgeMs: number;
+  maxBatchEvents: number;
+  maxDecompressedBytes: number;
   logger: Logger;
 }
 
-const JSON_TYPES = new Set(['application/json', 'text/plain']);
+/** One rejected event of a batch, as the response lists it. */
+export interface RejectedEvent {
+  index: number;
+  code: string;
+  message: string;
+  field?: string;
+  /** True when sending the same event again may succeed (the broker did not take it). */
+  retryable?: boolean;
+}
+
+const SINGLE_TYPES: ReadonlySet<string> = new Set(['application/json', 'text/plain']);
+const BATCH_TYPES: ReadonlySet<string> = new Set([
+  'application/json',
+  'text/plain',
+  'application/x-ndjson',
+]);
 const ROUTES: Record<string, readonly string[]> = {
-  '/activity': ['POST'],
+  '/activity': ['POST', 'OPTIONS'],
+  '/activities': ['POST', 'OPTIONS'],
   '/healthz': ['GET', 'HEAD'],
   '/readyz': ['GET', 'HEAD'],
   '/metrics': ['GET', 'HEAD'],
 };
-const strictUtf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: false });
+const RETRY_AFTER = { 'retry-after': '1' };
 
-/** Routes requests to the ingest endpoints. Independent of the HTTP server library. */
+/**
+ * Routes requests to the ingest endpoints and answers them. Independent of the HTTP server
+ * library: it sees plain request values and returns plain response values.
+ */
 export function createRequestHandler(deps: RequestHandlerDeps): HttpHandler {
-  return (request) => {
+  return async (request) => {
     const allowed = ROUTES[request.path];
     if (allowed === undefined) {
       return errorResponse(404, 'not_found', `no endpoint at ${request.path}`);
@@ -52,9 +82,17 @@ export function createRequestHandler(deps: RequestHandlerDeps): HttpHandler {
       case '/readyz':
         return readiness(deps);
       case '/metrics':
-        return metrics(deps.registry);
-      default:
-        return postActivity(request, deps);
+        return {
+          status: 200,
+          headers: { 'content-type': deps.registry.contentType },
+          body: await deps.registry.metrics(),
+        };
+      default: {
+        const cors = deps.cors.responseHeaders(request.headers.origin);
+        const response =
+          request.method === 'OPTIONS' ? preflight(request, deps) : await postEvents(request, deps);
+        return { ...response, headers: { ...cors, ...response.headers } };
+      }
     }
   };
 }
@@ -64,71 +102,187 @@ function readiness(deps: RequestHandlerDeps): HttpResponse {
   return json(ready ? 200 : 503, { ready, state: deps.state.state });
 }
 
-async function metrics(registry: Registry): Promise<HttpResponse> {
-  return {
-    status: 200,
-    headers: { 'content-type': registry.contentType },
-    body: await registry.metrics(),
-  };
+function preflight(request: HttpRequest, deps: RequestHandlerDeps): HttpResponse {
+  const headers = deps.cors.preflightHeaders(request.headers.origin, ['POST', 'OPTIONS']);
+  if (headers === undefined) {
+    return errorResponse(403, 'origin_not_allowed', 'this origin may not post events here');
+  }
+  return { status: 204, headers };
 }
 
-async function postActivity(request: HttpRequest, deps: RequestHandlerDeps): Promise<HttpResponse> {
+/** Gates shared by both POST endpoints, then the endpoint itself. */
+async function postEvents(request: HttpRequest, deps: RequestHandlerDeps): Promise<HttpResponse> {
   const receivedAtMs = Date.now();
-  const reject = (status: number, code: string, message: string, extra = {}, headers = {}) => {
-    deps.metrics.eventsRejected.inc({ reason: code });
-    return errorResponse(status, code, message, extra, headers);
+  const refuse = (status: number, code: string, message: string, headers = {}) => {
+    deps.metrics.requestsRefused.inc({ reason: code });
+    return errorResponse(status, code, message, {}, headers);
   };
 
-  if (deps.state.state !== 'running') {
-    return reject(
-      503,
-      'draining',
-      'the server is shutting down; retry',
-      {},
-      { 'retry-after': '1' },
-    );
+  let client = request.remoteAddress;
+  if (deps.apiKeys.enabled) {
+    const key = ApiKeys.presented(request.headers);
+    if (key === undefined || !deps.apiKeys.accepts(key)) {
+      return refuse(
+        401,
+        key === undefined ? 'missing_api_key' : 'invalid_api_key',
+        'send a valid API key as `Authorization: Bearer <key>` or `X-API-Key: <key>`',
+        { 'www-authenticate': 'Bearer' },
+      );
+    }
+    client = `key:${key}`;
   }
-  const mediaType = (request.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase();
-  if (mediaType === undefined || !JSON_TYPES.has(mediaType)) {
-    return reject(
-      415,
-      'unsupported_media_type',
-      'send the event as application/json (text/plain is accepted for sendBeacon)',
-    );
+  const waitSec = deps.rateLimiter.take(client, 1, receivedAtMs);
+  if (waitSec > 0) {
+    deps.metrics.rateLimited.inc();
+    return refuse(429, 'rate_limited', 'too many requests; slow down', {
+      'retry-after': String(waitSec),
+    });
+  }
+  if (deps.state.state !== 'running') {
+    return refuse(503, 'draining', 'the server is shutting down; retry', RETRY_AFTER);
   }
 
-  let text: string;
-  try {
-    text = strictUtf8.decode(request.body);
-  } catch {
-    return reject(400, 'invalid_utf8', 'the request body is not valid UTF-8');
-  }
+  const batch = request.path === '/activities';
+  const body = await decodeBody(request, {
+    mediaTypes: batch ? BATCH_TYPES : SINGLE_TYPES,
+    maxDecompressedBytes: deps.maxDecompressedBytes,
+  });
+  if (!body.ok) return refuse(body.status, body.code, body.message);
+  return batch
+    ? postBatch(body.text, body.mediaType, receivedAtMs, deps)
+    : postSingle(body.text, receivedAtMs, deps);
+}
+
+async function postSingle(
+  text: string,
+  receivedAtMs: number,
+  deps: RequestHandlerDeps,
+): Promise<HttpResponse> {
   let value: unknown;
   try {
     value = JSON.parse(text);
   } catch {
-    return reject(400, 'invalid_json', 'the request body is not valid JSON');
+    deps.metrics.eventsRejected.inc({ reason: 'invalid_json' });
+    return errorResponse(400, 'invalid_json', 'the request body is not valid JSON');
   }
   const result = validateEvent(value, { nowMs: receivedAtMs, maxAgeMs: deps.maxEventAgeMs });
   if (!result.ok) {
-    const field = result.field === undefined ? {} : { field: result.field };
-    return reject(400, result.code, result.message, field);
+    deps.metrics.eventsRejected.inc({ reason: result.code });
+    return errorResponse(
+      400,
+      result.code,
+      result.message,
+      result.field === undefined ? {} : { field: result.field },
+    );
   }
-
-  try {
-    await deps.producer.produce([result.event], receivedAtMs);
-  } catch (err) {
-    if (hasCode(err, 'queue_full', 'broker_timeout', 'broker_unavailable')) {
-      deps.logger.warn({ err }, 'event not acknowledged');
-      return reject(503, err.code, err.message, {}, { 'retry-after': '1' });
-    }
-    throw err;
+  const [failure] = await produce([result.event], receivedAtMs, deps);
+  if (failure instanceof Error) {
+    deps.metrics.eventsRejected.inc({ reason: failure.code });
+    return errorResponse(503, failure.code, failure.message, {}, RETRY_AFTER);
   }
   deps.metrics.eventsAccepted.inc();
   return json(200, {
     status: 'accepted',
     ...(result.event.event_id === undefined ? {} : { event_id: result.event.event_id }),
   });
+}
+
+/**
+ * A batch: every valid event is produced; the answer lists the rejected ones by index.
+ * 200: all accepted. 207: some accepted, `rejected` lists the others. 400: none valid.
+ * 503 + Retry-After: none stored by the broker (retry the batch).
+ */
+async function postBatch(
+  text: string,
+  mediaType: string,
+  receivedAtMs: number,
+  deps: RequestHandlerDeps,
+): Promise<HttpResponse> {
+  const parsed = parseBatch(text, mediaType, deps.maxBatchEvents);
+  if (!parsed.ok) {
+    deps.metrics.eventsRejected.inc({ reason: parsed.code });
+    return errorResponse(parsed.status, parsed.code, parsed.message);
+  }
+  const rejected: RejectedEvent[] = [];
+  const valid: ActivityEvent[] = [];
+  const validIndexes: number[] = [];
+  parsed.items.forEach((item, index) => {
+    const result: EventValidation = item.ok
+      ? validateEvent(item.value, { nowMs: receivedAtMs, maxAgeMs: deps.maxEventAgeMs })
+      : { ok: false, code: 'invalid_type', message: 'this line is not valid JSON' };
+    if (result.ok) {
+      valid.push(result.event);
+      validIndexes.push(index);
+    } else {
+      const code = item.ok ? result.code : item.code;
+      deps.metrics.eventsRejected.inc({ reason: code });
+      rejected.push({
+        index,
+        code,
+        message: result.message,
+        ...(result.field === undefined ? {} : { field: result.field }),
+      });
+    }
+  });
+
+  let accepted = 0;
+  let brokerFailure: PipelineError | undefined;
+  if (valid.length > 0) {
+    const outcomes = await produce(valid, receivedAtMs, deps);
+    outcomes.forEach((failure, i) => {
+      if (failure === null) {
+        accepted++;
+        return;
+      }
+      brokerFailure = failure;
+      deps.metrics.eventsRejected.inc({ reason: failure.code });
+      rejected.push({
+        index: validIndexes[i] as number,
+        code: failure.code,
+        message: failure.message,
+        retryable: true,
+      });
+    });
+    deps.metrics.eventsAccepted.inc(accepted);
+  }
+  rejected.sort((a, b) => a.index - b.index);
+
+  if (accepted === 0 && brokerFailure !== undefined) {
+    return errorResponse(
+      503,
+      brokerFailure.code,
+      'the broker stored none of the events; retry the batch',
+      { accepted, rejected },
+      RETRY_AFTER,
+    );
+  }
+  if (accepted === 0) {
+    return errorResponse(400, 'no_valid_events', 'no event in the batch is valid', {
+      accepted,
+      rejected,
+    });
+  }
+  return json(rejected.length === 0 ? 200 : 207, { accepted, rejected });
+}
+
+/**
+ * Produces and returns one entry per event (`null`: stored by the broker). When the producer
+ * refuses the whole request (queue full, not connected), every entry carries that error.
+ */
+async function produce(
+  events: ActivityEvent[],
+  receivedAtMs: number,
+  deps: RequestHandlerDeps,
+): Promise<Array<PipelineError | null>> {
+  try {
+    return await deps.producer.produce(events, receivedAtMs);
+  } catch (err) {
+    if (hasCode(err, 'queue_full', 'broker_unavailable')) {
+      deps.logger.warn({ err }, 'events not admitted by the producer');
+      return events.map(() => err);
+    }
+    throw err;
+  }
 }
 
 function json(status: number, body: unknown): HttpResponse {

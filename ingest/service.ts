@@ -2,10 +2,13 @@ import { createKafka } from '../shared/kafka-client.js';
 import { type Service, StateHolder, withDeadline } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
 import { createServiceRegistry } from '../shared/service-metrics.js';
+import { ApiKeys } from './api-keys.js';
 import type { IngestConfig } from './config.js';
+import { CorsPolicy } from './cors.js';
 import { EventProducer } from './event-producer.js';
 import { HttpServer } from './http-server.js';
 import { createIngestMetrics, routeLabel } from './metrics.js';
+import { RateLimiter } from './rate-limiter.js';
 import { createRequestHandler } from './request-handler.js';
 
 export interface IngestService extends Service {
@@ -44,7 +47,12 @@ export async function startIngest(config: IngestConfig, logger: Logger): Promise
       metrics,
       registry,
       state,
+      cors: new CorsPolicy(config.corsAllowedOrigins),
+      apiKeys: new ApiKeys(config.apiKeys),
+      rateLimiter: new RateLimiter(config.rateLimitPerSec, config.rateLimitBurst),
       maxEventAgeMs: config.maxEventAgeMs,
+      maxBatchEvents: config.maxBatchEvents,
+      maxDecompressedBytes: config.maxDecompressedBytes,
       logger: logger.child({ component: 'requests' }),
     }),
     onResponse: (request, status, seconds) => {

@@ -208,6 +208,11 @@ function normaliseTimestamp(value: unknown, options: ValidationOptions): Checked
         'timestamp must be RFC 3339 with a zone offset (2024-05-01T12:00:00Z) or epoch milliseconds',
       );
     }
+    // Same rule as for numbers: the wire form carries epoch ms, which the aggregator rejects
+    // when negative.
+    if (parsed < 0) {
+      return reject('invalid_timestamp', 'timestamp', 'timestamp must not be before 1970');
+    }
     ms = parsed;
   } else {
     return reject(

@@ -1,0 +1,105 @@
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { PipelineError } from '../shared/errors.js';
+import { readAggregatorConfig } from './config.js';
+
+function configError(env: NodeJS.ProcessEnv): PipelineError {
+  try {
+    readAggregatorConfig(env);
+  } catch (err) {
+    assert.ok(err instanceof PipelineError);
+    assert.equal(err.code, 'config_invalid');
+    return err;
+  }
+  assert.fail('expected the config to be refused');
+}
+
+describe('readAggregatorConfig', () => {
+  test('an empty environment gives the documented defaults for the local stack', () => {
+    assert.deepEqual(readAggregatorConfig({}), {
+      host: '0.0.0.0',
+      port: 8081,
+      kafkaBrokers: ['127.0.0.1:9092'],
+      topic: 'incoming.user_activity',
+      consumerGroup: 'activity-aggregator',
+      databaseUrl: 'postgres://postgres@127.0.0.1:5432/activity',
+      databaseSchema: 'public',
+      windowMs: 60_000,
+      allowedLatenessMs: 10_000,
+      flushIntervalMs: 2000,
+      batchSize: 20_000,
+      shutdownGraceMs: 25_000,
+      logLevel: 'info',
+    });
+  });
+
+  test('reads every variable, converting seconds to milliseconds', () => {
+    const config = readAggregatorConfig({
+      AGGREGATOR_HOST: '127.0.0.1',
+      AGGREGATOR_PORT: '9081',
+      KAFKA_BROKERS: 'k1:9092',
+      TOPIC: 'activity.test',
+      CONSUMER_GROUP: 'group-a',
+      DATABASE_URL: 'postgres://u@db:5432/x',
+      DATABASE_SCHEMA: 'metrics_2',
+      WINDOW_SEC: '300',
+      ALLOWED_LATENESS_SEC: '0',
+      FLUSH_INTERVAL_SEC: '0.5',
+      BATCH_SIZE: '100',
+      SHUTDOWN_GRACE_SEC: '5',
+      LOG_LEVEL: 'warn',
+    });
+    assert.deepEqual(config, {
+      host: '127.0.0.1',
+      port: 9081,
+      kafkaBrokers: ['k1:9092'],
+      topic: 'activity.test',
+      consumerGroup: 'group-a',
+      databaseUrl: 'postgres://u@db:5432/x',
+      databaseSchema: 'metrics_2',
+      windowMs: 300_000,
+      allowedLatenessMs: 0,
+      flushIntervalMs: 500,
+      batchSize: 100,
+      shutdownGraceMs: 5000,
+      logLevel: 'warn',
+    });
+  });
+
+  test('several bad values are all reported in one error', () => {
+    const err = configError({
+      AGGREGATOR_PORT: '70000',
+      WINDOW_SEC: '1.5',
+      ALLOWED_LATENESS_SEC: '-10',
+      BATCH_SIZE: '0',
+      DATABASE_SCHEMA: 'Public; DROP TABLE x',
+      LOG_LEVEL: 'chatty',
+    });
+    for (const name of [
+      'AGGREGATOR_PORT',
+      'WINDOW_SEC',
+      'ALLOWED_LATENESS_SEC',
+      'BATCH_SIZE',
+      'DATABASE_SCHEMA',
+      'LOG_LEVEL',
+    ]) {
+      assert.match(err.message, new RegExp(`- ${name}\\b`), name);
+    }
+  });
+
+  test('the database schema must be a plain lower-case SQL identifier', () => {
+    for (const schema of ['Metrics', '1metrics', 'a-b', 'a.b', '"x"', 'x'.repeat(64)]) {
+      const err = configError({ DATABASE_SCHEMA: schema });
+      assert.match(err.message, /DATABASE_SCHEMA=/, schema);
+    }
+    assert.equal(
+      readAggregatorConfig({ DATABASE_SCHEMA: 'x'.repeat(63) }).databaseSchema.length,
+      63,
+    );
+  });
+
+  test('windows must be whole seconds', () => {
+    const err = configError({ WINDOW_SEC: '2.5' });
+    assert.match(err.message, /WINDOW_SEC must be a whole number of seconds/);
+  });
+});

@@ -1,0 +1,126 @@
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { PipelineError } from '../shared/errors.js';
+import { readIngestConfig } from './config.js';
+
+function configError(env: NodeJS.ProcessEnv): PipelineError {
+  try {
+    readIngestConfig(env);
+  } catch (err) {
+    assert.ok(err instanceof PipelineError);
+    assert.equal(err.code, 'config_invalid');
+    return err;
+  }
+  assert.fail('expected the config to be refused');
+}
+
+describe('readIngestConfig', () => {
+  test('an empty environment gives the documented defaults for the local stack', () => {
+    assert.deepEqual(readIngestConfig({}), {
+      host: '0.0.0.0',
+      port: 8080,
+      kafkaBrokers: ['127.0.0.1:9092'],
+      topic: 'incoming.user_activity',
+      topicPartitions: 6,
+      ackTimeoutMs: 10_000,
+      maxInFlightEvents: 50_000,
+      maxBodyBytes: 1_048_576,
+      maxDecompressedBytes: 4_194_304,
+      maxBatchEvents: 1000,
+      corsAllowedOrigins: [],
+      apiKeys: [],
+      rateLimitPerSec: 0,
+      rateLimitBurst: 1,
+      maxEventAgeMs: 7 * 24 * 3600_000,
+      requestTimeoutMs: 30_000,
+      shutdownGraceMs: 25_000,
+      logLevel: 'info',
+    });
+  });
+
+  test('reads every variable, converting seconds to milliseconds', () => {
+    const config = readIngestConfig({
+      INGEST_HOST: '127.0.0.1',
+      INGEST_PORT: '9080',
+      KAFKA_BROKERS: 'k1:9092, k2:9092',
+      TOPIC: 'activity.test',
+      TOPIC_PARTITIONS: '12',
+      ACK_TIMEOUT_SEC: '2.5',
+      MAX_IN_FLIGHT_EVENTS: '1000',
+      MAX_BODY_BYTES: '2048',
+      MAX_DECOMPRESSED_BYTES: '8192',
+      MAX_BATCH_EVENTS: '50',
+      CORS_ALLOWED_ORIGINS: 'https://a.example, https://b.example',
+      API_KEYS: 'key-1,key-2',
+      RATE_LIMIT_PER_SEC: '100',
+      RATE_LIMIT_BURST: '500',
+      MAX_EVENT_AGE_SEC: '3600',
+      REQUEST_TIMEOUT_SEC: '5',
+      SHUTDOWN_GRACE_SEC: '1',
+      LOG_LEVEL: 'debug',
+    });
+    assert.deepEqual(config, {
+      host: '127.0.0.1',
+      port: 9080,
+      kafkaBrokers: ['k1:9092', 'k2:9092'],
+      topic: 'activity.test',
+      topicPartitions: 12,
+      ackTimeoutMs: 2500,
+      maxInFlightEvents: 1000,
+      maxBodyBytes: 2048,
+      maxDecompressedBytes: 8192,
+      maxBatchEvents: 50,
+      corsAllowedOrigins: ['https://a.example', 'https://b.example'],
+      apiKeys: ['key-1', 'key-2'],
+      rateLimitPerSec: 100,
+      rateLimitBurst: 500,
+      maxEventAgeMs: 3_600_000,
+      requestTimeoutMs: 5000,
+      shutdownGraceMs: 1000,
+      logLevel: 'debug',
+    });
+  });
+
+  test('several bad values are all reported in one error', () => {
+    const err = configError({
+      INGEST_PORT: '0',
+      TOPIC_PARTITIONS: 'six',
+      MAX_BODY_BYTES: '100',
+      ACK_TIMEOUT_SEC: '-1',
+      LOG_LEVEL: 'verbose',
+      KAFKA_BROKERS: ' , ',
+      MAX_BATCH_EVENTS: '0',
+      RATE_LIMIT_PER_SEC: '-5',
+    });
+    for (const name of [
+      'INGEST_PORT',
+      'TOPIC_PARTITIONS',
+      'MAX_BODY_BYTES',
+      'ACK_TIMEOUT_SEC',
+      'LOG_LEVEL',
+      'KAFKA_BROKERS',
+      'MAX_BATCH_EVENTS',
+      'RATE_LIMIT_PER_SEC',
+    ]) {
+      assert.match(err.message, new RegExp(`- ${name}\\b`), name);
+    }
+  });
+
+  test('an unset rate-limit burst allows twice the rate', () => {
+    assert.equal(readIngestConfig({ RATE_LIMIT_PER_SEC: '50' }).rateLimitBurst, 100);
+    assert.equal(
+      readIngestConfig({ RATE_LIMIT_PER_SEC: '50', RATE_LIMIT_BURST: '7' }).rateLimitBurst,
+      7,
+    );
+  });
+
+  test('a decompressed-size cap below the body cap is refused', () => {
+    const err = configError({ MAX_BODY_BYTES: '8192', MAX_DECOMPRESSED_BYTES: '4096' });
+    assert.match(err.message, /MAX_DECOMPRESSED_BYTES must be at least MAX_BODY_BYTES/);
+  });
+
+  test('a request timeout not longer than the ack timeout is refused', () => {
+    const err = configError({ ACK_TIMEOUT_SEC: '10', REQUEST_TIMEOUT_SEC: '10' });
+    assert.match(err.message, /REQUEST_TIMEOUT_SEC must be longer than ACK_TIMEOUT_SEC/);
+  });
+});

@@ -1,101 +1,152 @@
-import type { KafkaJS } from '@confluentinc/kafka-javascript';
+import kafkaJavascript, { type KafkaJS } from '@confluentinc/kafka-javascript';
 import type { Kafka } from '../shared/kafka-client.js';
+import { sleep } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
 import type { Aggregation } from './aggregation.js';
+import type { Database } from './database.js';
+import type { AggregatorMetrics } from './metrics.js';
+import { loadCheckpoint } from './partition-recovery.js';
 
+const { ErrorCodes, PartitionAssigners } = kafkaJavascript.KafkaJS;
 type Consumer = ReturnType<Kafka['consumer']>;
-type Batch = KafkaJS.Batch;
+type TopicPartition = { topic: string; partition: number; offset?: number };
+
+/** librdkafka's logical offset for "the beginning of the partition". */
+const OFFSET_BEGINNING = -2;
+/** The seed's write policy: 3 attempts with backoff, then pause and keep trying. */
+const WRITE_BACKOFF_MS = [500, 1000, 2000];
 
 export interface ActivityConsumerOptions {
   topic: string;
   consumerGroup: string;
+  windowSeconds: number;
   flushIntervalMs: number;
   batchSize: number;
+  /** Batches of different partitions aggregated at once (one per worker). */
+  concurrency: number;
+  /** Consumption pauses while open windows hold more user ids than this. */
+  maxHeldUserIds: number;
 }
 
 /**
- * Consumes the activity topic in a consumer group, hands each partition's batch to the
- * aggregation, and triggers flushes: every `flushIntervalMs`, after `batchSize` records, and on
- * shutdown. Offsets are committed to Kafka only after the figures covering them are in
- * PostgreSQL.
+ * Consumes the activity topic in a consumer group (cooperative-sticky assignment) and feeds the
+ * aggregation. Positions come from PostgreSQL on every assignment; revoked partitions are
+ * flushed before they go. Flushes run every `flushIntervalMs`, after `batchSize` records and on
+ * shutdown; offsets are committed to Kafka after each flush, for lag monitoring only.
+ *
+ * When writes keep failing, consumption pauses with the state kept, the consumer reports
+ * unhealthy (not ready) and the flush is retried every interval until it succeeds: nothing is
+ * ever skipped.
  */
 export class ActivityConsumer {
   private readonly consumer: Consumer;
   private timer: NodeJS.Timeout | undefined;
-  private lastFlushOk = true;
-  /** The batch being applied, if any: close() waits for it before the final flush. */
-  private batchInHand: Promise<void> = Promise.resolve();
+  private writesOk = true;
+  private pausedFor = new Set<'database' | 'memory'>();
+  private readonly batchesInHand = new Set<Promise<void>>();
   private stopping = false;
 
   constructor(
     kafka: Kafka,
     private readonly aggregation: Aggregation,
+    private readonly db: Database,
     private readonly options: ActivityConsumerOptions,
+    private readonly metrics: AggregatorMetrics,
     private readonly logger: Logger,
   ) {
     this.consumer = kafka.consumer({
       kafkaJS: {
         groupId: options.consumerGroup,
-        fromBeginning: true,
         autoCommit: false,
+        partitionAssigners: [PartitionAssigners.cooperativeSticky],
       },
-      // The default of 32 is too small to be worth a round trip per batch.
+      // The default of 32 is too small to be worth a worker round trip.
       'js.consumer.max.batch.size': 2000,
+      rebalance_cb: (err: KafkaJS.LibrdKafkaError, assignment: TopicPartition[]) =>
+        this.onRebalance(err, assignment),
     });
   }
 
-  /** False while the last flush failed. */
+  /** False while writes to PostgreSQL keep failing. */
   get healthy(): boolean {
-    return this.lastFlushOk;
+    return this.writesOk;
   }
 
   async start(): Promise<void> {
     await this.consumer.connect();
     await this.consumer.subscribe({ topics: [this.options.topic] });
     await this.consumer.run({
+      partitionsConsumedConcurrently: Math.max(1, this.options.concurrency),
       eachBatch: async ({ batch }) => {
         if (this.stopping) return;
-        let done = (): void => {};
-        this.batchInHand = new Promise((resolve) => {
-          done = resolve;
-        });
+        const work = this.applyBatch(batch);
+        this.batchesInHand.add(work);
         try {
-          await this.applyBatch(batch);
+          await work;
         } finally {
-          done();
+          this.batchesInHand.delete(work);
         }
       },
     });
     this.timer = setInterval(() => {
+      this.aggregation.finalizeIdle(Date.now());
       this.flush().catch(() => {});
     }, this.options.flushIntervalMs);
   }
 
-  private async applyBatch(batch: Batch): Promise<void> {
-    this.aggregation.apply(
+  private async applyBatch(batch: KafkaJS.Batch): Promise<void> {
+    await this.aggregation.apply(
       batch.partition,
       batch.messages.map((message) => ({
         offset: Number(message.offset),
+        key: message.key,
         value: message.value,
+        timestampMs: Number(message.timestamp),
       })),
     );
-    if (this.aggregation.pendingRecords >= this.options.batchSize) await this.flush();
+    const last = batch.messages.at(-1);
+    if (last !== undefined) {
+      const lag = Math.max(0, Number(batch.highWatermark) - Number(last.offset) - 1);
+      this.metrics.partitionLag.set({ partition: String(batch.partition) }, lag);
+    }
+    if (this.aggregation.heldUsers > this.options.maxHeldUserIds) this.pause('memory');
+    if (this.aggregation.pendingRecords >= this.options.batchSize) {
+      await this.flush().catch(() => {});
+    }
   }
 
-  /** Flushes the aggregation and commits the offsets it reflects. */
-  async flush(): Promise<void> {
-    let reflected: Map<number, number>;
-    try {
-      reflected = await this.aggregation.flush();
-    } catch (err) {
-      if (this.lastFlushOk) this.logger.error({ err }, 'flush failed; will retry');
-      this.lastFlushOk = false;
-      throw err;
+  /**
+   * Flushes with the write-retry policy and commits the offsets the rows reflect. On lasting
+   * failure: pause, keep the state, report unhealthy; the flush timer keeps retrying.
+   */
+  async flush(only?: readonly number[]): Promise<void> {
+    let reflected: Map<number, number> | undefined;
+    let lastError: unknown;
+    for (let attempt = 0; attempt <= WRITE_BACKOFF_MS.length; attempt++) {
+      try {
+        reflected = await this.aggregation.flush(only);
+        break;
+      } catch (err) {
+        lastError = err;
+        if (attempt === WRITE_BACKOFF_MS.length) break;
+        this.metrics.databaseRetries.inc({ operation: 'flush' });
+        await sleep(WRITE_BACKOFF_MS[attempt] as number);
+      }
     }
-    if (!this.lastFlushOk) this.logger.info('flush succeeded again');
-    this.lastFlushOk = true;
+    if (reflected === undefined) {
+      if (this.writesOk) {
+        this.logger.error({ err: lastError }, 'flushes keep failing; pausing consumption');
+      }
+      this.writesOk = false;
+      this.pause('database');
+      throw lastError;
+    }
+    if (!this.writesOk) this.logger.info('flush succeeded again; resuming consumption');
+    this.writesOk = true;
+    this.resume('database');
+    if (this.aggregation.heldUsers <= this.options.maxHeldUserIds * 0.9) this.resume('memory');
     if (reflected.size === 0) return;
-    // For lag monitoring only: positions on restart come from what PostgreSQL holds.
+    // Lag monitoring only: positions on assignment come from PostgreSQL.
     await this.consumer
       .commitOffsets(
         [...reflected].map(([partition, offset]) => ({
@@ -104,20 +155,87 @@ export class ActivityConsumer {
           offset: String(offset + 1),
         })),
       )
-      .catch((err: unknown) => this.logger.warn({ err }, 'offset commit failed'));
+      .catch((err: unknown) => this.logger.debug({ err }, 'offset commit for monitoring failed'));
   }
 
-  /** Stops consuming, writes a final flush, commits, and leaves the group. */
+  /** Stops consuming, waits for the batches in hand, final flush, commit, leave the group. */
   async close(): Promise<void> {
     clearInterval(this.timer);
-    // No new batch is applied from here on; the final flush covers everything applied before.
     this.stopping = true;
     this.consumer.pause([{ topic: this.options.topic }]);
-    await this.batchInHand;
+    await Promise.allSettled(this.batchesInHand);
     try {
       await this.flush();
     } finally {
       await this.consumer.disconnect();
+    }
+  }
+
+  private pause(reason: 'database' | 'memory'): void {
+    if (this.pausedFor.has(reason)) return;
+    this.pausedFor.add(reason);
+    this.logger.warn({ reason }, 'consumption paused');
+    this.consumer.pause([{ topic: this.options.topic }]);
+    this.metrics.consumptionPaused.set(1);
+  }
+
+  private resume(reason: 'database' | 'memory'): void {
+    if (!this.pausedFor.delete(reason) || this.pausedFor.size > 0 || this.stopping) return;
+    this.logger.info('consumption resumed');
+    this.consumer.resume([{ topic: this.options.topic }]);
+    this.metrics.consumptionPaused.set(0);
+  }
+
+  /**
+   * Assignment: read each partition's checkpoint from PostgreSQL and start reading where its
+   * open windows began (replay) — never from Kafka's committed offsets. Revocation: flush the
+   * revoked partitions, then forget them.
+   */
+  private async onRebalance(
+    err: KafkaJS.LibrdKafkaError,
+    assignment: TopicPartition[],
+  ): Promise<TopicPartition[] | undefined> {
+    if (err.code === ErrorCodes.ERR__ASSIGN_PARTITIONS) {
+      this.metrics.rebalances.inc({ type: 'assign' });
+      const positioned: TopicPartition[] = [];
+      for (const tp of assignment) {
+        const checkpoint = await this.loadCheckpointOrExit(tp.partition);
+        this.aggregation.assign(tp.partition, checkpoint);
+        positioned.push({ ...tp, offset: checkpoint.replayFrom ?? OFFSET_BEGINNING });
+        this.logger.info({ partition: tp.partition, ...checkpoint }, 'partition assigned');
+      }
+      return positioned;
+    }
+    if (err.code === ErrorCodes.ERR__REVOKE_PARTITIONS) {
+      this.metrics.rebalances.inc({ type: 'revoke' });
+      const partitions = assignment.map((tp) => tp.partition);
+      // Batches of these partitions still in a worker finish first; their flush follows.
+      await Promise.allSettled(this.batchesInHand);
+      await this.flush(partitions).catch((flushErr: unknown) =>
+        // Not lost: the next owner rebuilds from PostgreSQL and the topic.
+        this.logger.warn({ err: flushErr, partitions }, 'flush on revoke failed'),
+      );
+      this.aggregation.drop(partitions);
+      for (const partition of partitions) {
+        this.metrics.partitionLag.remove({ partition: String(partition) });
+      }
+      this.logger.info({ partitions }, 'partitions revoked');
+    }
+    return undefined;
+  }
+
+  /**
+   * A partition without its checkpoint cannot be consumed exactly: after the database's own
+   * retries, give up the process (a supervisor restarts it) rather than guess a position.
+   */
+  private async loadCheckpointOrExit(partition: number) {
+    try {
+      return await this.db.use((client) =>
+        loadCheckpoint(client, partition, this.options.windowSeconds),
+      );
+    } catch (err) {
+      this.logger.fatal({ err, partition }, 'cannot read the partition checkpoint; exiting');
+      process.exit(1);
     }
   }
 }

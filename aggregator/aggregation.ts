@@ -1,33 +1,49 @@
-import type { ClientBase } from 'pg';
-import { decodeEvent } from '../shared/event-schema.js';
-import type { Logger } from '../shared/logger.js';
+import { packRecords } from './batch-aggregator.js';
 import { writeWindowRows } from './copy-writer.js';
+import type { Database } from './database.js';
+import type { DeadLetter, DeadLetterProducer } from './dead-letter.js';
 import type { AggregatorMetrics } from './metrics.js';
+import type { PartitionCheckpoint } from './partition-recovery.js';
 import { PartitionWindows, type WindowRow } from './window-state.js';
+import type { WorkerPool } from './worker-pool.js';
 
 /** One consumed record, as the aggregation needs it. */
 export interface ConsumedRecord {
   offset: number;
+  key: Buffer | null;
   value: Buffer | null;
+  /** The Kafka timestamp: ingest's receive time. */
+  timestampMs: number;
+}
+
+export interface AggregationOptions {
+  windowMs: number;
+  allowedLatenessMs: number;
+  /** A partition without records for this long lets wall-clock time finalize its windows. */
+  idleAfterMs: number;
 }
 
 /**
  * The aggregation of every assigned partition, and its flushes to PostgreSQL.
  *
- * Flushes never overlap: a flush requested while one runs waits for it and then writes whatever
- * changed in the meantime.
+ * A batch goes: pack → worker (parse, validate, window, lateness) → dead-letter what cannot be
+ * counted (acknowledged before anything else) → merge into the partition's windows. Flushes
+ * never overlap: a flush requested while one runs waits for it and then writes whatever changed
+ * in the meantime.
  */
 export class Aggregation {
   private readonly partitions = new Map<number, PartitionWindows>();
   private recordsSinceFlush = 0;
-  private flushing: Promise<void> = Promise.resolve();
-  private readonly decoder = new TextDecoder('utf-8', { fatal: true });
+  private flushing: Promise<unknown> = Promise.resolve();
+  /** Receive time of the newest record applied, per partition: for the freshness metric. */
+  private readonly newestReceiveMs = new Map<number, number>();
 
   constructor(
-    private readonly db: ClientBase,
-    private readonly options: { windowMs: number; allowedLatenessMs: number },
+    private readonly db: Database,
+    private readonly pool: WorkerPool,
+    private readonly deadLetters: DeadLetterProducer,
+    private readonly options: AggregationOptions,
     private readonly metrics: AggregatorMetrics,
-    private readonly logger: Logger,
   ) {}
 
   /** Records applied since the last successful flush. */
@@ -35,53 +51,114 @@ export class Aggregation {
     return this.recordsSinceFlush;
   }
 
-  /** Applies a batch of one partition's records, in offset order. */
-  apply(partition: number, records: readonly ConsumedRecord[]): void {
-    const windows = this.windowsOf(partition);
-    for (const record of records) {
-      const outcome = this.decode(record);
-      if (!outcome.ok) {
-        windows.advance(record.offset);
-        this.metrics.recordsInvalid.inc({ reason: outcome.code });
-        this.logger.warn(
-          { partition, offset: record.offset, reason: outcome.code },
-          'invalid record skipped',
-        );
-        continue;
-      }
-      if (windows.apply(outcome.event, record.offset) === 'late') {
-        this.metrics.recordsLate.inc();
-      }
+  /** User ids held across every partition's open windows. */
+  get heldUsers(): number {
+    let users = 0;
+    for (const windows of this.partitions.values()) users += windows.heldUsers;
+    return users;
+  }
+
+  /** Starts tracking a newly assigned partition from its checkpoint in PostgreSQL. */
+  assign(partition: number, checkpoint: PartitionCheckpoint): void {
+    this.partitions.set(
+      partition,
+      new PartitionWindows(
+        partition,
+        this.options.windowMs,
+        this.options.allowedLatenessMs,
+        checkpoint,
+      ),
+    );
+    this.updateGauges();
+  }
+
+  /** Forgets revoked partitions (flush first: their state is not written anywhere else). */
+  drop(partitions: readonly number[]): void {
+    for (const partition of partitions) {
+      this.partitions.delete(partition);
+      this.newestReceiveMs.delete(partition);
     }
+    this.updateGauges();
+  }
+
+  isAssigned(partition: number): boolean {
+    return this.partitions.has(partition);
+  }
+
+  /** Applies one partition's batch (offset order). */
+  async apply(partition: number, records: readonly ConsumedRecord[]): Promise<void> {
+    const windows = this.partitions.get(partition);
+    if (windows === undefined || records.length === 0) return;
+    const stopTimer = this.metrics.workerTaskDuration.startTimer();
+    const result = await this.pool.run(windows.batchInput(packRecords(records), Date.now()));
+    stopTimer();
+
+    const letters: DeadLetter[] = [];
+    const letter = (index: number, reason: string): void => {
+      const record = records[index] as ConsumedRecord;
+      letters.push({
+        key: record.key,
+        value: record.value,
+        reason,
+        partition,
+        offset: record.offset,
+      });
+    };
+    for (const { index, code } of result.invalid) {
+      letter(index, code);
+      this.metrics.recordsInvalid.inc({ reason: code });
+    }
+    for (const index of result.late) letter(index, 'late');
+    this.metrics.recordsLate.inc(result.late.length);
+    // The broker must have them before their offsets can be flushed as consumed.
+    await this.deadLetters.send(letters);
+    this.metrics.deadLettered.inc(letters.length);
+
+    // The partition may have been revoked while the worker ran: its state is gone, drop the batch.
+    if (this.partitions.get(partition) !== windows) return;
+    const last = records[records.length - 1] as ConsumedRecord;
+    windows.merge(result, last.offset);
+    this.newestReceiveMs.set(partition, last.timestampMs);
     this.recordsSinceFlush += records.length;
     this.metrics.recordsConsumed.inc(records.length);
     this.metrics.batchSize.observe(records.length);
+    this.metrics.replaySkipped.inc(result.skipped);
+  }
+
+  /** Lets wall-clock time finalize the windows of partitions that stopped receiving records. */
+  finalizeIdle(nowMs: number): void {
+    for (const windows of this.partitions.values()) {
+      windows.finalizeIdle(nowMs, this.options.idleAfterMs);
+    }
   }
 
   /**
    * Writes every changed window and returns the offsets now durably reflected, per partition
    * (for committing to Kafka). Throws when the write fails; the state is kept for the next try.
+   * `only` restricts the flush to some partitions (revocation).
    */
-  async flush(): Promise<Map<number, number>> {
-    const run = this.flushing.then(() => this.flushOnce());
-    this.flushing = run.then(
-      () => undefined,
-      () => undefined,
-    );
+  async flush(only?: readonly number[]): Promise<Map<number, number>> {
+    const run = this.flushing.then(() => this.flushOnce(only));
+    this.flushing = run.catch(() => undefined);
     return run;
   }
 
-  private async flushOnce(): Promise<Map<number, number>> {
+  private async flushOnce(only?: readonly number[]): Promise<Map<number, number>> {
     const rows: WindowRow[] = [];
     const reflected = new Map<number, number>();
+    const flushed: PartitionWindows[] = [];
     for (const windows of this.partitions.values()) {
+      if (only !== undefined && !only.includes(windows.partition)) continue;
+      flushed.push(windows);
       rows.push(...windows.snapshotDirty());
-      if (windows.throughOffset >= 0) reflected.set(windows.partition, windows.throughOffset);
+      if (windows.throughOffset >= 0 && !windows.isReplaying) {
+        reflected.set(windows.partition, windows.throughOffset);
+      }
     }
     const pendingAtSnapshot = this.recordsSinceFlush;
     const stopTimer = this.metrics.flushDuration.startTimer();
     try {
-      const written = await writeWindowRows(this.db, rows);
+      const written = await this.db.use((client) => writeWindowRows(client, rows));
       this.metrics.flushRows.inc(written);
       this.metrics.flushes.inc({ result: 'ok' });
     } catch (err) {
@@ -90,38 +167,16 @@ export class Aggregation {
     } finally {
       stopTimer();
     }
-    for (const windows of this.partitions.values()) {
+    for (const windows of flushed) {
       windows.settle(rows.filter((row) => row.partition === windows.partition));
+      const receivedMs = this.newestReceiveMs.get(windows.partition);
+      if (receivedMs !== undefined && rows.some((row) => row.partition === windows.partition)) {
+        this.metrics.freshness.observe(Math.max(0, Date.now() - receivedMs) / 1000);
+      }
     }
-    this.recordsSinceFlush -= pendingAtSnapshot;
+    if (only === undefined) this.recordsSinceFlush -= pendingAtSnapshot;
     this.updateGauges();
     return reflected;
-  }
-
-  private windowsOf(partition: number): PartitionWindows {
-    let windows = this.partitions.get(partition);
-    if (windows === undefined) {
-      windows = new PartitionWindows(
-        partition,
-        this.options.windowMs,
-        this.options.allowedLatenessMs,
-      );
-      this.partitions.set(partition, windows);
-    }
-    return windows;
-  }
-
-  private decode(record: ConsumedRecord) {
-    if (record.value === null) {
-      return { ok: false as const, code: 'empty_record' };
-    }
-    let text: string;
-    try {
-      text = this.decoder.decode(record.value);
-    } catch {
-      return { ok: false as const, code: 'invalid_utf8' };
-    }
-    return decodeEvent(text, { nowMs: Date.now(), maxAgeMs: null, requireTimestamp: true });
   }
 
   private updateGauges(): void {
@@ -133,5 +188,6 @@ export class Aggregation {
     }
     this.metrics.openWindows.set(open);
     this.metrics.heldUsers.set(users);
+    this.metrics.assignedPartitions.set(this.partitions.size);
   }
 }

@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { availableParallelism } from 'node:os';
 import { describe, test } from 'node:test';
 import { PipelineError } from '../shared/errors.js';
 import { readAggregatorConfig } from './config.js';
@@ -28,6 +29,10 @@ describe('readAggregatorConfig', () => {
       allowedLatenessMs: 10_000,
       flushIntervalMs: 2000,
       batchSize: 20_000,
+      workers: availableParallelism(),
+      deadLetterTopic: 'incoming.user_activity.dlq',
+      maxHeldUserIds: 5_000_000,
+      databaseQueryTimeoutMs: 15_000,
       shutdownGraceMs: 25_000,
       logLevel: 'info',
     });
@@ -46,6 +51,10 @@ describe('readAggregatorConfig', () => {
       ALLOWED_LATENESS_SEC: '0',
       FLUSH_INTERVAL_SEC: '0.5',
       BATCH_SIZE: '100',
+      WORKERS: '0',
+      DLQ_TOPIC: 'activity.dead',
+      MAX_HELD_USER_IDS: '2000',
+      DATABASE_QUERY_TIMEOUT_SEC: '2.5',
       SHUTDOWN_GRACE_SEC: '5',
       LOG_LEVEL: 'warn',
     });
@@ -61,6 +70,10 @@ describe('readAggregatorConfig', () => {
       allowedLatenessMs: 0,
       flushIntervalMs: 500,
       batchSize: 100,
+      workers: 0,
+      deadLetterTopic: 'activity.dead',
+      maxHeldUserIds: 2000,
+      databaseQueryTimeoutMs: 2500,
       shutdownGraceMs: 5000,
       logLevel: 'warn',
     });

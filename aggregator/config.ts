@@ -1,3 +1,4 @@
+import { availableParallelism } from 'node:os';
 import { ConfigReader } from '../shared/config-reader.js';
 import { DEFAULT_TOPIC } from '../shared/kafka-client.js';
 
@@ -18,6 +19,14 @@ export interface AggregatorConfig {
   flushIntervalMs: number;
   /** Flush once this many records were consumed since the last flush. */
   batchSize: number;
+  /** Worker threads for batch aggregation; 0 aggregates on the main thread. */
+  workers: number;
+  /** Where records that cannot be counted (invalid, late) go. */
+  deadLetterTopic: string;
+  /** Consumption pauses while open windows hold more user ids than this. */
+  maxHeldUserIds: number;
+  /** Client-side deadline of one database query. */
+  databaseQueryTimeoutMs: number;
   shutdownGraceMs: number;
   logLevel: string;
 }
@@ -36,6 +45,10 @@ export function readAggregatorConfig(env: NodeJS.ProcessEnv): AggregatorConfig {
     allowedLatenessMs: r.secondsAsMs('ALLOWED_LATENESS_SEC', 10, { min: 0, max: 86_400 }),
     flushIntervalMs: r.secondsAsMs('FLUSH_INTERVAL_SEC', 2, { min: 0.05, max: 3600 }),
     batchSize: r.int('BATCH_SIZE', 20_000, { min: 1, max: 10_000_000 }),
+    workers: r.int('WORKERS', availableParallelism(), { min: 0, max: 64 }),
+    deadLetterTopic: r.optionalString('DLQ_TOPIC') ?? '',
+    maxHeldUserIds: r.int('MAX_HELD_USER_IDS', 5_000_000, { min: 1000, max: 1_000_000_000 }),
+    databaseQueryTimeoutMs: r.secondsAsMs('DATABASE_QUERY_TIMEOUT_SEC', 15, { min: 0.1, max: 600 }),
     shutdownGraceMs: r.secondsAsMs('SHUTDOWN_GRACE_SEC', 25, { min: 1, max: 600 }),
     logLevel: r.oneOf('LOG_LEVEL', 'info', ['trace', 'debug', 'info', 'warn', 'error', 'fatal']),
   };
@@ -44,6 +57,7 @@ export function readAggregatorConfig(env: NodeJS.ProcessEnv): AggregatorConfig {
       `DATABASE_SCHEMA=${JSON.stringify(config.databaseSchema)}: expected a lower-case SQL identifier`,
     );
   }
+  if (config.deadLetterTopic === '') config.deadLetterTopic = `${config.topic}.dlq`;
   if (config.windowMs % 1000 !== 0) r.problem('WINDOW_SEC must be a whole number of seconds');
   r.finish();
   return config;

@@ -15,6 +15,7 @@ const COLUMNS = [
   'event_count',
   'first_offset',
   'through_offset',
+  'watermark_ms',
   'is_final',
 ].join(', ');
 
@@ -49,6 +50,7 @@ export async function writeWindowRows(
          event_count     = EXCLUDED.event_count,
          first_offset    = LEAST(m.first_offset, EXCLUDED.first_offset),
          through_offset  = EXCLUDED.through_offset,
+         watermark_ms    = EXCLUDED.watermark_ms,
          is_final        = EXCLUDED.is_final,
          updated_at      = now()
        WHERE m.through_offset <= EXCLUDED.through_offset`,
@@ -66,7 +68,7 @@ function* encodeRows(rows: readonly WindowRow[]): Generator<string> {
   let chunk = '';
   for (let i = 0; i < rows.length; i++) {
     const r = rows[i] as WindowRow;
-    chunk += `${new Date(r.windowStart).toISOString()}\t${r.windowSeconds}\t${r.partition}\t${r.uniqueUsers}\t${r.pageViews}\t${r.events}\t${r.firstOffset}\t${r.throughOffset}\t${r.isFinal ? 't' : 'f'}\n`;
+    chunk += `${new Date(r.windowStart).toISOString()}\t${r.windowSeconds}\t${r.partition}\t${r.uniqueUsers}\t${r.pageViews}\t${r.events}\t${r.firstOffset}\t${r.throughOffset}\t${Number.isFinite(r.watermark) ? r.watermark : '\\N'}\t${r.isFinal ? 't' : 'f'}\n`;
     if (i % 1000 === 999) {
       yield chunk;
       chunk = '';

@@ -50,7 +50,62 @@ export function createAggregatorMetrics(registry: Registry) {
     }),
     heldUsers: new Gauge({
       name: 'aggregator_held_user_ids',
-      help: 'User ids held in open windows.',
+      help: 'User ids held in open windows (bounded by MAX_HELD_USER_IDS).',
+      registers,
+    }),
+    heldUsersLimit: new Gauge({
+      name: 'aggregator_held_user_ids_limit',
+      help: 'MAX_HELD_USER_IDS: consumption pauses above it.',
+      registers,
+    }),
+    workerTaskDuration: new Histogram({
+      name: 'aggregator_worker_task_duration_seconds',
+      help: 'Time to aggregate one batch in a worker, queueing included.',
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1],
+      registers,
+    }),
+    deadLettered: new Counter({
+      name: 'aggregator_dead_lettered_total',
+      help: 'Records sent to the dead-letter topic (invalid or late).',
+      registers,
+    }),
+    replaySkipped: new Counter({
+      name: 'aggregator_replay_skipped_total',
+      help: 'Replayed records not counted again after an assignment (already reflected).',
+      registers,
+    }),
+    freshness: new Histogram({
+      name: 'aggregator_freshness_seconds',
+      help: 'Time from ingest receiving the newest flushed record to the flush committing.',
+      buckets: [0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 30, 60, 300],
+      registers,
+    }),
+    assignedPartitions: new Gauge({
+      name: 'aggregator_assigned_partitions',
+      help: 'Partitions assigned to this instance.',
+      registers,
+    }),
+    partitionLag: new Gauge({
+      name: 'aggregator_partition_lag_records',
+      help: 'Records between the last consumed offset and the partition end, per partition.',
+      labelNames: ['partition'],
+      registers,
+    }),
+    rebalances: new Counter({
+      name: 'aggregator_rebalances_total',
+      help: 'Partition assignments and revocations seen, by type.',
+      labelNames: ['type'],
+      registers,
+    }),
+    databaseRetries: new Counter({
+      name: 'aggregator_database_retries_total',
+      help: 'Database operations retried, by operation.',
+      labelNames: ['operation'],
+      registers,
+    }),
+    consumptionPaused: new Gauge({
+      name: 'aggregator_consumption_paused',
+      help: '1 while consumption is paused (database failing, or memory bound reached).',
       registers,
     }),
   };

@@ -48,6 +48,15 @@ const MIGRATIONS: ReadonlyArray<{ version: number; name: string; sql: string }> 
         'Per-window totals: unique users add up across partitions because ingest keys every event by user_id.';
     `,
   },
+  {
+    version: 2,
+    name: 'partition_watermark',
+    sql: `
+      ALTER TABLE user_activity_metrics ADD COLUMN watermark_ms BIGINT;
+      COMMENT ON COLUMN user_activity_metrics.watermark_ms IS
+        'The partition''s event-time watermark (epoch ms) at through_offset: restored with the position on assignment.';
+    `,
+  },
 ];
 
 export const LATEST_SCHEMA_VERSION = MIGRATIONS.at(-1)?.version ?? 0;

@@ -1,21 +1,26 @@
-import pg from 'pg';
 import { HealthServer } from '../shared/health-server.js';
-import { createKafka } from '../shared/kafka-client.js';
+import { createKafka, ensureTopic } from '../shared/kafka-client.js';
 import { type Service, StateHolder, withDeadline } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
 import { createServiceRegistry } from '../shared/service-metrics.js';
 import { ActivityConsumer } from './activity-consumer.js';
 import { Aggregation } from './aggregation.js';
 import type { AggregatorConfig } from './config.js';
+import { Database } from './database.js';
+import { DeadLetterProducer } from './dead-letter.js';
 import { createAggregatorMetrics } from './metrics.js';
 import { migrate } from './migrations.js';
+import { WorkerPool } from './worker-pool.js';
 
 export interface AggregatorService extends Service {
   /** Port of /healthz, /readyz and /metrics. */
   readonly port: number;
 }
 
-/** Wires the aggregator: database (migrated), health server, aggregation, consumer. */
+/**
+ * Wires the aggregator: health server first (so liveness answers while starting), database
+ * (migrated), worker pool, dead-letter producer, aggregation, consumer.
+ */
 export async function startAggregator(
   config: AggregatorConfig,
   logger: Logger,
@@ -23,12 +28,23 @@ export async function startAggregator(
   const state = new StateHolder();
   const registry = createServiceRegistry('aggregator', state);
   const metrics = createAggregatorMetrics(registry);
+  metrics.heldUsersLimit.set(config.maxHeldUserIds);
 
-  const db = new pg.Client({
-    connectionString: config.databaseUrl,
-    application_name: 'aggregator',
-    options: `-c search_path=${config.databaseSchema}`,
+  const db = new Database({
+    url: config.databaseUrl,
+    schema: config.databaseSchema,
+    queryTimeoutMs: config.databaseQueryTimeoutMs,
+    onRetry: (operation) => metrics.databaseRetries.inc({ operation }),
+    logger: logger.child({ component: 'database' }),
   });
+  const kafka = createKafka({ brokers: config.kafkaBrokers, clientId: 'aggregator', logger });
+  const pool = new WorkerPool(config.workers);
+  const deadLetters = new DeadLetterProducer(
+    kafka,
+    config.topic,
+    config.deadLetterTopic,
+    logger.child({ component: 'dead-letter' }),
+  );
   let consumer: ActivityConsumer | undefined;
   const health = new HealthServer({
     host: config.host,
@@ -40,47 +56,64 @@ export async function startAggregator(
   await health.start();
 
   try {
-    await db.connect();
-    const applied = await migrate(db, config.databaseSchema);
+    const applied = await db.use((client) => migrate(client, config.databaseSchema));
     logger.info({ schema: config.databaseSchema, applied }, 'database schema ready');
+    const dlq = await ensureTopic(kafka, config.deadLetterTopic, 1);
+    logger.info({ topic: config.deadLetterTopic, created: dlq.created }, 'dead-letter topic ready');
+    await deadLetters.start();
     const aggregation = new Aggregation(
       db,
-      { windowMs: config.windowMs, allowedLatenessMs: config.allowedLatenessMs },
+      pool,
+      deadLetters,
+      {
+        windowMs: config.windowMs,
+        allowedLatenessMs: config.allowedLatenessMs,
+        idleAfterMs: Math.max(5000, config.allowedLatenessMs),
+      },
       metrics,
-      logger.child({ component: 'aggregation' }),
     );
-    const kafka = createKafka({ brokers: config.kafkaBrokers, clientId: 'aggregator', logger });
     consumer = new ActivityConsumer(
       kafka,
       aggregation,
+      db,
       {
         topic: config.topic,
         consumerGroup: config.consumerGroup,
+        windowSeconds: config.windowMs / 1000,
         flushIntervalMs: config.flushIntervalMs,
         batchSize: config.batchSize,
+        concurrency: config.workers,
+        maxHeldUserIds: config.maxHeldUserIds,
       },
+      metrics,
       logger.child({ component: 'consumer' }),
     );
     await consumer.start();
   } catch (err) {
     state.set('failed');
-    await health.close();
-    await db.end().catch(() => {});
+    await Promise.allSettled([health.close(), db.close(), pool.close(), deadLetters.close()]);
     throw err;
   }
   state.set('running');
   logger.info(
-    { port: health.port, topic: config.topic, group: config.consumerGroup },
+    {
+      port: health.port,
+      topic: config.topic,
+      group: config.consumerGroup,
+      workers: config.workers,
+    },
     'aggregator running',
   );
 
   const running = consumer;
   let closing: Promise<void> | undefined;
   const close = (): Promise<void> => {
+    // Stop consuming, drain the workers, final flush and commit, then close connections.
     closing ??= (async () => {
       state.set('draining');
       await withDeadline(running.close(), config.shutdownGraceMs, 'final flush');
-      await db.end();
+      await Promise.allSettled([pool.close(), deadLetters.close()]);
+      await db.close();
       await health.close();
       state.set('stopped');
     })();

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
+import { aggregateBatch, packRecords, windowStartOf } from './batch-aggregator.js';
 import { PartitionWindows, type WindowRow } from './window-state.js';
 
 const WINDOW_MS = 60_000;
@@ -17,13 +18,34 @@ function click(user: string, timestamp: number, activityType = 'click') {
   return { user_id: user, activity_type: activityType, timestamp };
 }
 
+/** Applies one event at `offset` the way the aggregator does: worker logic, then merge. */
+function applyEvent(
+  state: PartitionWindows,
+  event: ReturnType<typeof click>,
+  offset: number,
+): 'counted' | 'late' {
+  const packed = packRecords([{ offset, value: Buffer.from(JSON.stringify(event)) }]);
+  const result = aggregateBatch(state.batchInput(packed, event.timestamp));
+  assert.deepEqual(result.invalid, []);
+  state.merge(result, offset);
+  return result.late.length === 1 ? 'late' : 'counted';
+}
+
+/** Records that `offset` was consumed without counting anything (an invalid record). */
+function advance(state: PartitionWindows, offset: number): void {
+  state.merge(
+    { windows: [], watermarkOut: Number.NEGATIVE_INFINITY, invalid: [], late: [], skipped: 0 },
+    offset,
+  );
+}
+
 /** Applies events at consecutive offsets starting from `firstOffset`; returns the outcomes. */
 function applyAll(
   state: PartitionWindows,
   events: ReadonlyArray<ReturnType<typeof click>>,
   firstOffset: number,
 ): string[] {
-  return events.map((event, i) => state.apply(event, firstOffset + i));
+  return events.map((event, i) => applyEvent(state, event, firstOffset + i));
 }
 
 /** The dirty rows by window start. */
@@ -47,17 +69,17 @@ function flush(state: PartitionWindows): WindowRow[] {
 describe('PartitionWindows: window assignment', () => {
   test('windows are aligned to the epoch, not to the first event', () => {
     const state = new PartitionWindows(0, 7000, 0);
-    assert.equal(state.windowStartOf(0), 0);
-    assert.equal(state.windowStartOf(6999), 0);
-    assert.equal(state.windowStartOf(7000), 7000);
-    assert.equal(state.windowStartOf(10_000), 7000);
-    assert.equal(state.windowStartOf(T0 + 123), T0 + 123 - ((T0 + 123) % 7000));
+    assert.equal(windowStartOf(0, state.windowMs), 0);
+    assert.equal(windowStartOf(6999, state.windowMs), 0);
+    assert.equal(windowStartOf(7000, state.windowMs), 7000);
+    assert.equal(windowStartOf(10_000, state.windowMs), 7000);
+    assert.equal(windowStartOf(T0 + 123, state.windowMs), T0 + 123 - ((T0 + 123) % 7000));
   });
 
   test('a timestamp exactly on a boundary starts the next window', () => {
     const state = windows();
-    assert.equal(state.windowStartOf(T1 - 1), T0);
-    assert.equal(state.windowStartOf(T1), T1);
+    assert.equal(windowStartOf(T1 - 1, state.windowMs), T0);
+    assert.equal(windowStartOf(T1, state.windowMs), T1);
     applyAll(state, [click('a', T1 - 1), click('b', T1)], 0);
     const rows = dirtyByStart(state);
     assert.deepEqual([...rows.keys()].sort(), [T0, T1]);
@@ -109,7 +131,7 @@ describe('PartitionWindows: figures', () => {
 
   test('rows carry the window length in seconds and the partition', () => {
     const state = windows();
-    state.apply(click('a', T0), 0);
+    applyEvent(state, click('a', T0), 0);
     const row = onlyRow(state, T0);
     assert.equal(row.windowSeconds, 60);
     assert.equal(row.partition, 3);
@@ -119,27 +141,27 @@ describe('PartitionWindows: figures', () => {
 describe('PartitionWindows: finality and late events', () => {
   test('a window becomes final once the watermark reaches its end plus the allowed lateness', () => {
     const state = windows();
-    state.apply(click('a', T0), 0);
-    state.apply(click('b', T1 + LATENESS_MS - 1), 1);
+    applyEvent(state, click('a', T0), 0);
+    applyEvent(state, click('b', T1 + LATENESS_MS - 1), 1);
     assert.equal(onlyRow(state, T0).isFinal, false);
-    state.apply(click('c', T1 + LATENESS_MS), 2);
+    applyEvent(state, click('c', T1 + LATENESS_MS), 2);
     assert.equal(onlyRow(state, T0).isFinal, true);
     assert.equal(onlyRow(state, T1).isFinal, false);
   });
 
   test('with no allowed lateness the first event of the next window closes the previous one', () => {
     const state = windows(0);
-    state.apply(click('a', T0), 0);
-    state.apply(click('b', T1), 1);
+    applyEvent(state, click('a', T0), 0);
+    applyEvent(state, click('b', T1), 1);
     assert.equal(onlyRow(state, T0).isFinal, true);
   });
 
   test('out-of-order events within the allowed lateness are counted', () => {
     const state = windows();
-    state.apply(click('a', T1 + 5000), 0);
-    assert.equal(state.apply(click('b', T0 + 30_000), 1), 'counted');
-    assert.equal(state.apply(click('c', T1 + LATENESS_MS - 1), 2), 'counted');
-    assert.equal(state.apply(click('d', T0 + 59_999), 3), 'counted');
+    applyEvent(state, click('a', T1 + 5000), 0);
+    assert.equal(applyEvent(state, click('b', T0 + 30_000), 1), 'counted');
+    assert.equal(applyEvent(state, click('c', T1 + LATENESS_MS - 1), 2), 'counted');
+    assert.equal(applyEvent(state, click('d', T0 + 59_999), 3), 'counted');
     assert.equal(onlyRow(state, T0).uniqueUsers, 2);
     assert.equal(onlyRow(state, T0).isFinal, false);
   });
@@ -150,8 +172,8 @@ describe('PartitionWindows: finality and late events', () => {
     const before = onlyRow(state, T0);
     assert.equal(before.isFinal, true);
 
-    assert.equal(state.apply(click('new-user', T0 + 1, 'page_view'), 2), 'late');
-    assert.equal(state.apply(click('a', T1 - 1), 3), 'late');
+    assert.equal(applyEvent(state, click('new-user', T0 + 1, 'page_view'), 2), 'late');
+    assert.equal(applyEvent(state, click('a', T1 - 1), 3), 'late');
 
     const after = onlyRow(state, T0);
     assert.deepEqual(
@@ -167,16 +189,16 @@ describe('PartitionWindows: finality and late events', () => {
     flush(state);
     assert.equal(state.openWindows, 1, 'the final window is evicted');
 
-    assert.equal(state.apply(click('c', T0 + 10), 2), 'late');
+    assert.equal(applyEvent(state, click('c', T0 + 10), 2), 'late');
     assert.equal(state.openWindows, 1);
     assert.deepEqual(state.snapshotDirty(), []);
   });
 
   test('an event for an old window that never existed is late', () => {
     const state = windows();
-    state.apply(click('a', T2 + LATENESS_MS), 0);
-    assert.equal(state.apply(click('b', T0), 1), 'late');
-    assert.equal(state.apply(click('b', T1 - 1), 2), 'late');
+    applyEvent(state, click('a', T2 + LATENESS_MS), 0);
+    assert.equal(applyEvent(state, click('b', T0), 1), 'late');
+    assert.equal(applyEvent(state, click('b', T1 - 1), 2), 'late');
     assert.equal(state.openWindows, 1);
     assert.deepEqual(
       state.snapshotDirty().map((row) => row.windowStart),
@@ -186,18 +208,18 @@ describe('PartitionWindows: finality and late events', () => {
 
   test('an out-of-order event does not move the watermark back', () => {
     const state = windows();
-    state.apply(click('a', T2 + LATENESS_MS), 0);
-    assert.equal(state.apply(click('b', T2), 1), 'counted');
+    applyEvent(state, click('a', T2 + LATENESS_MS), 0);
+    assert.equal(applyEvent(state, click('b', T2), 1), 'counted');
     // T1 is past its lateness against the highest event time seen, whatever came after it.
-    assert.equal(state.apply(click('c', T1), 2), 'late');
+    assert.equal(applyEvent(state, click('c', T1), 2), 'late');
   });
 
   test('late events do not move the watermark', () => {
     const state = windows();
     applyAll(state, [click('a', T0), click('b', T1 + LATENESS_MS)], 0);
     // A late event far in the past, then one just inside T1's lateness: still counted.
-    state.apply(click('c', T0 - 10 * WINDOW_MS), 2);
-    assert.equal(state.apply(click('d', T1), 3), 'counted');
+    applyEvent(state, click('c', T0 - 10 * WINDOW_MS), 2);
+    assert.equal(applyEvent(state, click('d', T1), 3), 'counted');
   });
 });
 
@@ -219,6 +241,7 @@ describe('PartitionWindows: snapshots and settling', () => {
         events: 3,
         firstOffset: 1,
         throughOffset: 3,
+        watermark: T1,
         isFinal: false,
       },
     ]);
@@ -233,7 +256,7 @@ describe('PartitionWindows: snapshots and settling', () => {
 
   test('a snapshot does not clean anything by itself', () => {
     const state = windows();
-    state.apply(click('a', T0), 0);
+    applyEvent(state, click('a', T0), 0);
     state.snapshotDirty();
     assert.equal(state.snapshotDirty().length, 1);
   });
@@ -243,7 +266,7 @@ describe('PartitionWindows: snapshots and settling', () => {
     applyAll(state, [click('a', T0), click('b', T1)], 0);
     const rows = state.snapshotDirty();
     // Consumed while the rows were being written.
-    state.apply(click('c', T0 + 1), 2);
+    applyEvent(state, click('c', T0 + 1), 2);
     state.settle(rows);
 
     const next = state.snapshotDirty();
@@ -255,10 +278,10 @@ describe('PartitionWindows: snapshots and settling', () => {
 
   test('a window that became final between snapshot and settle stays and is written as final', () => {
     const state = windows();
-    state.apply(click('a', T0), 0);
+    applyEvent(state, click('a', T0), 0);
     const rows = state.snapshotDirty();
     assert.equal(rows[0]?.isFinal, false);
-    state.apply(click('b', T1 + LATENESS_MS), 1);
+    applyEvent(state, click('b', T1 + LATENESS_MS), 1);
     state.settle(rows);
 
     assert.equal(state.openWindows, 2, 'not evicted before its final figures are written');
@@ -287,9 +310,9 @@ describe('PartitionWindows: snapshots and settling', () => {
 
   test('settling rows of a failed or stale snapshot never loses an update', () => {
     const state = windows();
-    state.apply(click('a', T0), 0);
+    applyEvent(state, click('a', T0), 0);
     const stale = state.snapshotDirty();
-    state.apply(click('b', T0), 1);
+    applyEvent(state, click('b', T0), 1);
     state.settle(stale);
     state.settle(stale);
     assert.equal(onlyRow(state, T0).events, 2);
@@ -297,7 +320,7 @@ describe('PartitionWindows: snapshots and settling', () => {
 
   test('settling an empty snapshot or rows of unknown windows is harmless', () => {
     const state = windows();
-    state.apply(click('a', T0), 0);
+    applyEvent(state, click('a', T0), 0);
     state.settle([]);
     state.settle([{ ...onlyRow(state, T0), windowStart: T2 }]);
     assert.equal(onlyRow(state, T0).events, 1);
@@ -308,42 +331,42 @@ describe('PartitionWindows: offsets', () => {
   test('throughOffset starts at -1 and follows every consumed record', () => {
     const state = windows();
     assert.equal(state.throughOffset, -1);
-    state.apply(click('a', T0), 0);
+    applyEvent(state, click('a', T0), 0);
     assert.equal(state.throughOffset, 0);
-    state.advance(1);
-    state.advance(2);
+    advance(state, 1);
+    advance(state, 2);
     assert.equal(state.throughOffset, 2);
   });
 
   test('advance() for skipped records moves throughOffset in the next snapshot rows', () => {
     const state = windows();
-    state.apply(click('a', T0), 10);
-    state.advance(11);
-    state.advance(12);
-    state.apply(click('b', T0), 13);
-    state.advance(14);
+    applyEvent(state, click('a', T0), 10);
+    advance(state, 11);
+    advance(state, 12);
+    applyEvent(state, click('b', T0), 13);
+    advance(state, 14);
     assert.equal(onlyRow(state, T0).throughOffset, 14);
   });
 
   test('late events move throughOffset too', () => {
     const state = windows();
     applyAll(state, [click('a', T0), click('b', T2)], 0);
-    assert.equal(state.apply(click('c', T0), 7), 'late');
+    assert.equal(applyEvent(state, click('c', T0), 7), 'late');
     assert.equal(state.throughOffset, 7);
   });
 
   test('throughOffset never moves backwards', () => {
     const state = windows();
-    state.advance(9);
-    state.advance(4);
-    state.apply(click('a', T0), 5);
+    advance(state, 9);
+    advance(state, 4);
+    applyEvent(state, click('a', T0), 5);
     assert.equal(state.throughOffset, 9);
   });
 
   test('firstOffset is the offset of the first event counted in the window', () => {
     const state = windows();
-    state.advance(0);
-    state.advance(1);
+    advance(state, 0);
+    advance(state, 1);
     applyAll(state, [click('a', T1), click('b', T0), click('c', T0), click('d', T1)], 2);
     assert.equal(onlyRow(state, T1).firstOffset, 2);
     assert.equal(onlyRow(state, T0).firstOffset, 3);
@@ -385,7 +408,7 @@ function checkAgainstModel(seed: number): void {
   for (let offset = 0; offset < 2000; offset++) {
     clock += Math.floor(random() * 400);
     if (random() < 0.05) {
-      state.advance(offset);
+      advance(state, offset);
     } else {
       // Mostly near the clock; sometimes a minute or more behind it.
       const skew =
@@ -395,9 +418,9 @@ function checkAgainstModel(seed: number): void {
         clock - skew,
         random() < 0.4 ? 'page_view' : 'click',
       );
-      const start = state.windowStartOf(event.timestamp);
+      const start = windowStartOf(event.timestamp, state.windowMs);
       const expectLate = watermark >= start + WINDOW_MS + latenessMs;
-      const outcome = state.apply(event, offset);
+      const outcome = applyEvent(state, event, offset);
       assert.equal(outcome, expectLate ? 'late' : 'counted', `seed ${seed} offset ${offset}`);
       if (!expectLate) {
         watermark = Math.max(watermark, event.timestamp);
@@ -417,8 +440,8 @@ function checkAgainstModel(seed: number): void {
     } else if (roll < 0.05) {
       // A flush while more records arrive before the write completes.
       const rows = state.snapshotDirty();
-      assert.equal(state.apply(click('late-comer', clock), ++offset), 'counted');
-      const start = state.windowStartOf(clock);
+      assert.equal(applyEvent(state, click('late-comer', clock), ++offset), 'counted');
+      const start = windowStartOf(clock, state.windowMs);
       watermark = Math.max(watermark, clock);
       const figures = model.get(start) ?? {
         users: new Set<string>(),

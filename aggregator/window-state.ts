@@ -1,4 +1,5 @@
-import { PAGE_VIEW } from '../shared/event-schema.js';
+import type { BatchInput, BatchResult } from './batch-aggregator.js';
+import type { PartitionCheckpoint } from './partition-recovery.js';
 
 /** The figures of one event-time window in one partition, as written to PostgreSQL. */
 export interface WindowRow {
@@ -13,6 +14,8 @@ export interface WindowRow {
   firstOffset: number;
   /** The partition was consumed up to and including this offset when the figures were taken. */
   throughOffset: number;
+  /** The partition's event-time watermark at `throughOffset` (restored on assignment). */
+  watermark: number;
   isFinal: boolean;
 }
 
@@ -25,72 +28,65 @@ interface WindowAggregate {
   final: boolean;
 }
 
-/** What happened to one applied event. */
-export type ApplyOutcome = 'counted' | 'late';
-
 /**
  * The open event-time windows of one partition: exact user sets and counts.
  *
  * Windows are tumbling, `windowMs` long and aligned to the epoch. The partition's watermark is
  * the highest event time seen; a window is final once the watermark passes its end plus the
- * allowed lateness, and an event for a final window is late (the caller decides where it goes:
- * it is never counted into a final window).
+ * allowed lateness, or, when the partition is idle, once wall-clock time does. Which records are
+ * late is decided per record in `batch-aggregator.ts` from the state this class hands it.
+ *
+ * After an assignment the state starts from the partition's checkpoint in PostgreSQL: records up
+ * to the checkpoint are replayed only to rebuild the windows that were still open.
  */
 export class PartitionWindows {
   private readonly windows = new Map<number, WindowAggregate>();
-  private watermark = Number.NEGATIVE_INFINITY;
-  /** Highest window start already evicted as final: anything at or before it is late. */
-  private finalThrough = Number.NEGATIVE_INFINITY;
-  private consumedThrough = -1;
+  private currentWatermark: number;
+  /** Every window starting at or before this is final (written, or about to be, and dropped). */
+  private finalStartsThrough: number;
+  private consumedThrough: number;
+  private readonly replayUntil: number;
+  private replaying: Float64Array;
+  private lastRecordWallMs = Date.now();
 
   constructor(
     readonly partition: number,
-    private readonly windowMs: number,
-    private readonly allowedLatenessMs: number,
-  ) {}
-
-  /** Start of the window holding `timestampMs`. */
-  windowStartOf(timestampMs: number): number {
-    return timestampMs - (((timestampMs % this.windowMs) + this.windowMs) % this.windowMs);
+    readonly windowMs: number,
+    readonly allowedLatenessMs: number,
+    checkpoint?: PartitionCheckpoint,
+  ) {
+    this.currentWatermark = checkpoint?.watermark ?? Number.NEGATIVE_INFINITY;
+    this.finalStartsThrough = checkpoint?.finalThrough ?? Number.NEGATIVE_INFINITY;
+    this.replayUntil = (checkpoint?.resumeFrom ?? 0) - 1;
+    this.consumedThrough = (checkpoint?.replayFrom ?? 0) - 1;
+    this.replaying = Float64Array.from(checkpoint?.openWindows ?? []);
   }
 
-  /** Records that the partition was consumed through `offset` (valid or not, counted or not). */
-  advance(offset: number): void {
-    if (offset > this.consumedThrough) this.consumedThrough = offset;
+  get watermark(): number {
+    return this.currentWatermark;
   }
 
-  apply(
-    event: { user_id: string; activity_type: string; timestamp: number },
-    offset: number,
-  ): ApplyOutcome {
-    this.advance(offset);
-    const start = this.windowStartOf(event.timestamp);
-    if (start <= this.finalThrough || this.isPastLateness(start)) {
-      if (!this.windows.has(start)) return 'late';
-    }
-    let window = this.windows.get(start);
-    if (window === undefined) {
-      window = {
-        users: new Set(),
-        events: 0,
-        pageViews: 0,
-        firstOffset: offset,
-        dirty: true,
-        final: false,
-      };
-      this.windows.set(start, window);
-    } else if (window.final) {
-      return 'late';
-    }
-    window.users.add(event.user_id);
-    window.events++;
-    if (event.activity_type === PAGE_VIEW) window.pageViews++;
-    window.dirty = true;
-    if (event.timestamp > this.watermark) {
-      this.watermark = event.timestamp;
-      this.markFinalWindows();
-    }
-    return 'counted';
+  get finalThrough(): number {
+    return this.finalStartsThrough;
+  }
+
+  /** Records at or below this offset are being replayed (already reflected in PostgreSQL). */
+  get replayThrough(): number {
+    return this.replaying.length === 0 ? -1 : this.replayUntil;
+  }
+
+  /** The windows the replay rebuilds. */
+  get replayWindows(): Float64Array {
+    return this.replaying;
+  }
+
+  get throughOffset(): number {
+    return this.consumedThrough;
+  }
+
+  /** True until the replay has rebuilt the open windows: nothing is flushed meanwhile. */
+  get isReplaying(): boolean {
+    return this.replaying.length > 0;
   }
 
   /** Windows currently held in memory. */
@@ -105,8 +101,67 @@ export class PartitionWindows {
     return total;
   }
 
-  get throughOffset(): number {
-    return this.consumedThrough;
+  /** The worker input for a batch of this partition: its records plus the state they need. */
+  batchInput(
+    packed: Pick<BatchInput, 'values' | 'valueEnds' | 'offsets'>,
+    nowMs: number,
+  ): BatchInput {
+    return {
+      partition: this.partition,
+      ...packed,
+      windowMs: this.windowMs,
+      allowedLatenessMs: this.allowedLatenessMs,
+      watermarkIn: this.currentWatermark,
+      finalThrough: this.finalStartsThrough,
+      replayThrough: this.replayThrough,
+      replayWindows: this.replaying,
+      nowMs,
+    };
+  }
+
+  /** Merges a batch's partial figures; the partition is now consumed through `lastOffset`. */
+  merge(result: BatchResult, lastOffset: number): void {
+    for (const partial of result.windows) {
+      let window = this.windows.get(partial.start);
+      if (window === undefined) {
+        window = {
+          users: new Set(partial.users),
+          events: 0,
+          pageViews: 0,
+          firstOffset: partial.firstOffset,
+          dirty: true,
+          final: false,
+        };
+        this.windows.set(partial.start, window);
+      } else {
+        for (const user of partial.users) window.users.add(user);
+        if (partial.firstOffset < window.firstOffset) window.firstOffset = partial.firstOffset;
+      }
+      window.events += partial.events;
+      window.pageViews += partial.pageViews;
+      window.dirty = true;
+    }
+    if (lastOffset > this.consumedThrough) this.consumedThrough = lastOffset;
+    if (this.consumedThrough >= this.replayUntil && this.replaying.length > 0) {
+      this.replaying = new Float64Array(0);
+    }
+    this.lastRecordWallMs = Date.now();
+    if (result.watermarkOut > this.currentWatermark) {
+      this.currentWatermark = result.watermarkOut;
+      this.markFinal(
+        (start) => this.currentWatermark >= this.endOf(start) + this.allowedLatenessMs,
+      );
+    }
+  }
+
+  /**
+   * An idle partition (no records for `idleAfterMs`) lets wall-clock time finalize its windows,
+   * so that a window's figures become final even when no later event arrives to move the
+   * watermark. Not during a replay: those windows' records are still being read.
+   */
+  finalizeIdle(nowMs: number, idleAfterMs: number): void {
+    if (this.isReplaying || nowMs - this.lastRecordWallMs < idleAfterMs) return;
+    this.markFinal((start) => nowMs >= this.endOf(start) + this.allowedLatenessMs);
   }
 
   /**
@@ -115,6 +170,8 @@ export class PartitionWindows {
    */
   snapshotDirty(): WindowRow[] {
     const rows: WindowRow[] = [];
+    // Mid-replay figures are older than the rows PostgreSQL holds (the fence would refuse them).
+    if (this.isReplaying) return rows;
     for (const [start, window] of this.windows) {
       if (!window.dirty) continue;
       rows.push({
@@ -126,6 +183,7 @@ export class PartitionWindows {
         events: window.events,
         firstOffset: window.firstOffset,
         throughOffset: this.consumedThrough,
+        watermark: this.currentWatermark,
         isFinal: window.final,
       });
     }
@@ -140,26 +198,22 @@ export class PartitionWindows {
     for (const row of rows) {
       const window = this.windows.get(row.windowStart);
       if (window === undefined) continue;
-      const unchanged = window.events === row.events && window.final === row.isFinal;
-      if (!unchanged) continue;
+      if (window.events !== row.events || window.final !== row.isFinal) continue;
       window.dirty = false;
-      if (window.final) {
-        this.windows.delete(row.windowStart);
-        if (row.windowStart > this.finalThrough) this.finalThrough = row.windowStart;
-      }
+      if (window.final) this.windows.delete(row.windowStart);
     }
   }
 
-  private isPastLateness(windowStart: number): boolean {
-    return this.watermark >= windowStart + this.windowMs + this.allowedLatenessMs;
+  private endOf(start: number): number {
+    return start + this.windowMs;
   }
 
-  private markFinalWindows(): void {
+  private markFinal(isPast: (start: number) => boolean): void {
     for (const [start, window] of this.windows) {
-      if (!window.final && this.isPastLateness(start)) {
-        window.final = true;
-        window.dirty = true;
-      }
+      if (window.final || !isPast(start)) continue;
+      window.final = true;
+      window.dirty = true;
+      if (start > this.finalStartsThrough) this.finalStartsThrough = start;
     }
   }
 }

@@ -1,0 +1,157 @@
+/**
+ * The per-batch work of the aggregator, pure and deterministic: parse and validate each record
+ * of one partition's batch, assign it to its event-time window, decide whether it is late, and
+ * return per-window partial user sets and counts. It runs in a Piscina worker (`parse-worker.ts`)
+ * or inline (WORKERS=0); the main thread merges the result into the partition's windows.
+ *
+ * Determinism matters for exactly-once: after a crash the same records are replayed, and every
+ * decision here depends only on the records and on the partition state passed in, never on batch
+ * boundaries or the clock.
+ */
+import { decodeEvent, PAGE_VIEW } from '../shared/event-schema.js';
+
+/** One partition's batch, packed so that the buffers can be transferred to a worker. */
+export interface BatchInput {
+  partition: number;
+  /** Record values, concatenated. */
+  values: Uint8Array;
+  /** End of each record's value in `values`; -1 for a record with no value. */
+  valueEnds: Int32Array;
+  /** Each record's offset. */
+  offsets: Float64Array;
+  windowMs: number;
+  allowedLatenessMs: number;
+  /** The partition's watermark (highest event time seen) before this batch. */
+  watermarkIn: number;
+  /** Every window starting at or before this is final. */
+  finalThrough: number;
+  /** Records at or below this offset were already reflected in PostgreSQL: replayed, not new. */
+  replayThrough: number;
+  /** The windows being rebuilt by the replay (open in PostgreSQL): only they count replayed records. */
+  replayWindows: Float64Array;
+  /** For the schema's future-timestamp bound only. */
+  nowMs: number;
+}
+
+/** The partial figures of one window from one batch. */
+export interface WindowPartial {
+  start: number;
+  users: string[];
+  events: number;
+  pageViews: number;
+  firstOffset: number;
+}
+
+export interface BatchResult {
+  windows: WindowPartial[];
+  watermarkOut: number;
+  /** Records that failed validation: index into the batch and the reason code. */
+  invalid: Array<{ index: number; code: string }>;
+  /** Indexes of valid records whose window was already final. */
+  late: number[];
+  /** Replayed records that were not counted again (already in final rows, or late or invalid before). */
+  skipped: number;
+}
+
+const decoder = new TextDecoder('utf-8', { fatal: true });
+
+export function windowStartOf(timestampMs: number, windowMs: number): number {
+  return timestampMs - (((timestampMs % windowMs) + windowMs) % windowMs);
+}
+
+export function aggregateBatch(input: BatchInput): BatchResult {
+  const windows = new Map<number, { users: Set<string>; partial: WindowPartial }>();
+  const replayWindows = new Set(input.replayWindows);
+  const invalid: BatchResult['invalid'] = [];
+  const late: number[] = [];
+  let skipped = 0;
+  let watermark = input.watermarkIn;
+  let start = 0;
+
+  for (let i = 0; i < input.offsets.length; i++) {
+    const offset = input.offsets[i] as number;
+    const end = input.valueEnds[i] as number;
+    const replayed = offset <= input.replayThrough;
+    let outcome: ReturnType<typeof decodeEvent> | { ok: false; code: string };
+    if (end < 0) {
+      outcome = { ok: false, code: 'empty_record' };
+    } else {
+      const bytes = input.values.subarray(start, end);
+      start = end;
+      let text: string | undefined;
+      try {
+        text = decoder.decode(bytes);
+      } catch {
+        text = undefined;
+      }
+      outcome =
+        text === undefined
+          ? { ok: false, code: 'invalid_utf8' }
+          : decodeEvent(text, { nowMs: input.nowMs, maxAgeMs: null, requireTimestamp: true });
+    }
+    if (!outcome.ok) {
+      if (replayed) skipped++;
+      else invalid.push({ index: i, code: outcome.code });
+      continue;
+    }
+    const event = outcome.event;
+    const windowStart = windowStartOf(event.timestamp, input.windowMs);
+    if (replayed) {
+      // Rebuilding open windows from scratch: count exactly the records of those windows.
+      if (!replayWindows.has(windowStart)) {
+        skipped++;
+        continue;
+      }
+    } else {
+      const final =
+        windowStart <= input.finalThrough ||
+        watermark >= windowStart + input.windowMs + input.allowedLatenessMs;
+      if (final) {
+        late.push(i);
+        continue;
+      }
+      if (event.timestamp > watermark) watermark = event.timestamp;
+    }
+    let window = windows.get(windowStart);
+    if (window === undefined) {
+      window = {
+        users: new Set(),
+        partial: { start: windowStart, users: [], events: 0, pageViews: 0, firstOffset: offset },
+      };
+      windows.set(windowStart, window);
+    }
+    window.users.add(event.user_id);
+    window.partial.events++;
+    if (event.activity_type === PAGE_VIEW) window.partial.pageViews++;
+  }
+
+  const partials: WindowPartial[] = [];
+  for (const { users, partial } of windows.values()) {
+    partial.users = [...users];
+    partials.push(partial);
+  }
+  return { windows: partials, watermarkOut: watermark, invalid, late, skipped };
+}
+
+/** Packs records (in offset order) into a BatchInput's transferable buffers. */
+export function packRecords(
+  records: ReadonlyArray<{ offset: number; value: Uint8Array | null }>,
+): Pick<BatchInput, 'values' | 'valueEnds' | 'offsets'> {
+  let total = 0;
+  for (const record of records) total += record.value?.byteLength ?? 0;
+  const values = new Uint8Array(total);
+  const valueEnds = new Int32Array(records.length);
+  const offsets = new Float64Array(records.length);
+  let position = 0;
+  records.forEach((record, i) => {
+    offsets[i] = record.offset;
+    if (record.value === null) {
+      valueEnds[i] = -1;
+      return;
+    }
+    values.set(record.value, position);
+    position += record.value.byteLength;
+    valueEnds[i] = position;
+  });
+  return { values, valueEnds, offsets };
+}

@@ -148,6 +148,18 @@ describe('validateEvent: accepted events', () => {
   });
 });
 
+describe('validateEvent: limits count characters, not UTF-16 units', () => {
+  test('64 emoji make a valid activity_type of 64 characters; 65 are too long', () => {
+    const emoji = '\u{1F600}';
+    assert.equal(accepted(event({ activity_type: emoji.repeat(64) })).activity_type.length, 128);
+    rejected(event({ activity_type: emoji.repeat(65) }), 'too_long', 'activity_type');
+  });
+
+  test('an explicit null event_id is a type error, not a missing required field', () => {
+    rejected(event({ event_id: null }), 'invalid_type', 'event_id');
+  });
+});
+
 describe('validateEvent: rejected events', () => {
   test('not_an_object: arrays, null, strings, numbers and booleans', () => {
     for (const input of [[], [event()], null, undefined, 'event', 42, true]) {
@@ -509,11 +521,13 @@ function assertWellFormed(event: ActivityEvent, options: ValidationOptions, what
   ] as const) {
     const value = event[field];
     assert.equal(typeof value, 'string', what);
-    assert.ok(value.length > 0 && value.length <= max, what);
+    assert.ok(value.length > 0 && [...value].length <= max, what);
     assert.equal(hasForbiddenCharacters(value), false, what);
   }
   if (event.event_id !== undefined) {
-    assert.ok(event.event_id.length > 0 && event.event_id.length <= EVENT_LIMITS.eventIdMaxChars);
+    assert.ok(
+      event.event_id.length > 0 && [...event.event_id].length <= EVENT_LIMITS.eventIdMaxChars,
+    );
     assert.equal(hasForbiddenCharacters(event.event_id), false, what);
   }
   assert.ok(Number.isSafeInteger(event.timestamp) && event.timestamp >= 0, what);

@@ -105,6 +105,9 @@ export function validateEvent(input: unknown, options: ValidationOptions): Event
     timestamp: timestamp.value,
   };
 
+  if (record.event_id === null) {
+    return reject('invalid_type', 'event_id', 'event_id must be a string when present');
+  }
   if (record.event_id !== undefined) {
     const eventId = checkString(record.event_id, 'event_id', EVENT_LIMITS.eventIdMaxChars);
     if (!eventId.ok) return eventId;
@@ -155,7 +158,8 @@ function checkString(value: unknown, field: string, maxChars: number): Checked<s
   }
   if (typeof value !== 'string') return reject('invalid_type', field, `${field} must be a string`);
   if (value.length === 0) return reject('empty_string', field, `${field} must not be empty`);
-  if (value.length > maxChars) {
+  // Characters are Unicode code points (as JSON Schema's maxLength counts them): an emoji is one.
+  if (value.length > maxChars && codePoints(value) > maxChars) {
     return reject('too_long', field, `${field} must be at most ${maxChars} characters`);
   }
   if (hasForbiddenCharacters(value)) {
@@ -166,6 +170,12 @@ function checkString(value: unknown, field: string, maxChars: number): Checked<s
     );
   }
   return { ok: true, value };
+}
+
+function codePoints(value: string): number {
+  let count = 0;
+  for (const _ of value) count++;
+  return count;
 }
 
 function normaliseUserId(value: unknown): Checked<string> {

@@ -184,7 +184,11 @@ export class HttpServer {
           res.writeHeader(name, value);
         }
         if (this.draining) res.writeHeader('connection', 'close');
-        res.end(response.body ?? '', closeConnection || this.draining);
+        const body = response.body ?? '';
+        const close = closeConnection || this.draining;
+        // HEAD: the headers a GET would get, Content-Length included, and no body.
+        if (method === 'HEAD') res.endWithoutBody(Buffer.byteLength(body), close);
+        else res.end(body, close);
       });
       finish(response.status);
     };

@@ -8,6 +8,15 @@ import { SERVICE_STATES, type StateHolder } from './lifecycle.js';
 export function createServiceRegistry(prefix: string, state: StateHolder): Registry {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry });
+  // These three gauges end in `_total`, which Prometheus reserves for counters (promtool check
+  // metrics rejects them); the per-type gauges without the suffix carry the same figures.
+  for (const name of [
+    'nodejs_active_handles_total',
+    'nodejs_active_requests_total',
+    'nodejs_active_resources_total',
+  ]) {
+    registry.removeSingleMetric(name);
+  }
   const gauge = new Gauge({
     name: `${prefix}_state`,
     help: 'Service lifecycle state: 1 for the current state, 0 for the others.',

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the local stack and the tests need, and only what is missing:
 #   1. Debian packages: the toolchain and -dev libraries librdkafka is built against,
-#      PostgreSQL 15 server binaries, a Java runtime and Maven for the Kafka broker.
+#      PostgreSQL 15 server binaries, a Java runtime and Maven for the Kafka broker, and
+#      `prometheus` for the promtool checks in the tests.
 #   2. npm dependencies from package-lock.json (npm ci), building
 #      @confluentinc/kafka-javascript from source against the system libraries.
 #   3. The Apache Kafka broker's jars, resolved from Maven Central by deploy/kafka/pom.xml.
@@ -35,6 +36,12 @@ if ((${#missing[@]})); then
     say "installing Debian packages: ${missing[*]}"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $line >/dev/null
+    # Only promtool is wanted from the prometheus package: on a systemd machine its postinst
+    # also starts a server on :9090, which would clash with docker compose's Prometheus.
+    if [[ " ${missing[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null &&
+      systemctl is-enabled prometheus >/dev/null 2>&1; then
+      systemctl disable --now prometheus >/dev/null 2>&1 || true
+    fi
   else
     die "missing Debian packages. Run as root, then try again:
     sudo apt-get update && sudo $line"

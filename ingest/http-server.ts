@@ -186,9 +186,10 @@ export class HttpServer {
         if (this.draining) res.writeHeader('connection', 'close');
         const body = response.body ?? '';
         const close = closeConnection || this.draining;
-        // HEAD: the headers a GET would get, Content-Length included, and no body.
-        if (method === 'HEAD') res.endWithoutBody(Buffer.byteLength(body), close);
-        else res.end(body, close);
+        // HEAD: the GET's headers and no body. This uWS build treats a non-zero length given to
+        // endWithoutBody as body still to come and drops the kept-alive connection, so HEAD
+        // answers say Content-Length: 0 instead of the GET's length.
+        res.end(method === 'HEAD' ? '' : body, close);
       });
       finish(response.status);
     };

@@ -42,10 +42,15 @@ export class EventProducer {
       },
       // A short linger batches concurrent requests into one produce request.
       'linger.ms': 2,
-      // librdkafka itself fails a message it could not deliver in time, so a 503 answer means
-      // the message was given up, not that it might still arrive later.
+      // librdkafka gives up a message it could not deliver in time. Given up is not the same as
+      // not stored: the broker may have written it and lost the acknowledgement (librdkafka's
+      // "possibly persisted"). So a timeout is answered as an unknown outcome (see README).
       'message.timeout.ms': options.ackTimeoutMs,
       'queue.buffering.max.messages': Math.max(options.maxInFlightEvents * 2, 1000),
+      // librdkafka notices timed-out messages when its broker thread wakes, and while the broker
+      // is down that thread sleeps up to this reconnect backoff (default 10 s): keep it short so
+      // a timeout is reported close to ACK_TIMEOUT_SEC.
+      'reconnect.backoff.max.ms': 1000,
     });
   }
 
@@ -71,9 +76,10 @@ export class EventProducer {
 
   /**
    * Produces `events` and resolves, once every one is acknowledged or given up, with one entry
-   * per event: `null` for acknowledged, a retryable PipelineError (`broker_timeout`,
-   * `broker_unavailable`, `queue_full`) for not stored. Rejects with `queue_full` or
-   * `broker_unavailable`, producing nothing, when the events cannot be admitted at all.
+   * per event: `null` for acknowledged; otherwise a retryable PipelineError — `broker_timeout`
+   * (no acknowledgement in time: the outcome is unknown), `broker_unavailable` or `queue_full`
+   * (not stored). Rejects with `queue_full` or `broker_unavailable`, producing nothing, when
+   * the events cannot be admitted at all.
    */
   async produce(
     events: readonly ActivityEvent[],
@@ -139,10 +145,11 @@ function classifyProduceError(err: unknown): PipelineError {
   const code = (err as { code?: unknown }).code;
   const text = err instanceof Error ? err.message : String(err);
   if (code === KafkaJS.ErrorCodes.ERR__MSG_TIMED_OUT || /timed out/i.test(text)) {
-    return new PipelineError('broker_timeout', 'the broker did not acknowledge in time', {
-      cause: err,
-      retryable: true,
-    });
+    return new PipelineError(
+      'broker_timeout',
+      'the broker did not acknowledge in time; the event may or may not be stored: resend it with the same event_id',
+      { cause: err, retryable: true },
+    );
   }
   if (code === KafkaJS.ErrorCodes.ERR__QUEUE_FULL) {
     return new PipelineError('queue_full', 'the producer queue is full', {

@@ -48,6 +48,11 @@ export interface HttpServerOptions {
   requestTimeoutMs: number;
   /** Every request, whatever its method and path. */
   handler: HttpHandler;
+  /**
+   * Extra headers for the answers this layer gives by itself (413, 408, 503 deadline), from the
+   * request's headers: CORS, so that a browser can read them.
+   */
+  errorHeaders: (requestHeaders: Record<string, string>) => Record<string, string>;
   /** Called once per answered request, for metrics. */
   onResponse: (request: { method: string; path: string }, status: number, seconds: number) => void;
   logger: Logger;
@@ -155,9 +160,25 @@ export class HttpServer {
     this.inFlightCount++;
     let finished = false;
     let aborted = false;
+    let bodyComplete = false;
+    const layerHeaders = this.options.errorHeaders(headers);
     const deadline = setTimeout(() => {
-      // The body never finished arriving (or the handler hung): answer and drop the connection.
-      respond(errorResponse(408, 'request_timeout', 'the request did not complete in time'), true);
+      if (!bodyComplete) {
+        // The body never finished arriving: answer and drop the connection.
+        const message = 'the request body did not arrive in time';
+        respond(errorResponse(408, 'request_timeout', message, {}, layerHeaders), true);
+        return;
+      }
+      // The request was read but not answered in time: what became of its events is unknown.
+      respond(
+        errorResponse(
+          503,
+          'deadline_exceeded',
+          'the request could not be completed in time; its events may or may not be stored: resend them with the same event_id',
+          {},
+          { ...layerHeaders, 'retry-after': '1' },
+        ),
+      );
     }, this.options.requestTimeoutMs);
 
     const finish = (status: number): void => {
@@ -200,6 +221,7 @@ export class HttpServer {
     });
 
     const run = (body: Buffer): void => {
+      bodyComplete = true;
       let result: HttpResponse | Promise<HttpResponse>;
       try {
         result = this.options.handler({ method, path, query, headers, body, remoteAddress });
@@ -227,7 +249,7 @@ export class HttpServer {
     const limit = this.options.maxBodyBytes;
     const declared = headers['content-length'];
     if (declared !== undefined && Number(declared) > limit) {
-      respond(tooLarge(limit), true);
+      respond(tooLarge(limit, layerHeaders), true);
       return;
     }
     const chunks: Buffer[] = [];
@@ -236,7 +258,7 @@ export class HttpServer {
       if (finished) return;
       received += chunk.byteLength;
       if (received > limit) {
-        respond(tooLarge(limit), true);
+        respond(tooLarge(limit, layerHeaders), true);
         return;
       }
       // Copy: uWS reuses the chunk's memory once this callback returns.
@@ -246,8 +268,7 @@ export class HttpServer {
   }
 }
 
-function tooLarge(limit: number): HttpResponse {
-  return errorResponse(413, 'body_too_large', `the request body is larger than ${limit} bytes`, {
-    limit,
-  });
+function tooLarge(limit: number, headers: Record<string, string>): HttpResponse {
+  const message = `the request body is larger than ${limit} bytes`;
+  return errorResponse(413, 'body_too_large', message, { limit }, headers);
 }

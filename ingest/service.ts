@@ -36,6 +36,7 @@ export async function startIngest(config: IngestConfig, logger: Logger): Promise
     metrics,
     logger.child({ component: 'producer' }),
   );
+  const cors = new CorsPolicy(config.corsAllowedOrigins);
   const http = new HttpServer({
     host: config.host,
     port: config.port,
@@ -47,7 +48,7 @@ export async function startIngest(config: IngestConfig, logger: Logger): Promise
       metrics,
       registry,
       state,
-      cors: new CorsPolicy(config.corsAllowedOrigins),
+      cors,
       apiKeys: new ApiKeys(config.apiKeys),
       rateLimiter: new RateLimiter(config.rateLimitPerSec, config.rateLimitBurst),
       maxEventAgeMs: config.maxEventAgeMs,
@@ -55,6 +56,7 @@ export async function startIngest(config: IngestConfig, logger: Logger): Promise
       maxDecompressedBytes: config.maxDecompressedBytes,
       logger: logger.child({ component: 'requests' }),
     }),
+    errorHeaders: (headers) => cors.responseHeaders(headers.origin),
     onResponse: (request, status, seconds) => {
       const route = routeLabel(request.path);
       metrics.httpRequests.inc({ route, method: request.method, status });

@@ -14,10 +14,26 @@ export function createKafka(options: {
   logger: Logger;
 }): Kafka {
   const log = options.logger.child({ component: 'kafka-client' });
+  // While a broker is down librdkafka repeats the same complaint every second: say it once per
+  // 30 s, with how many times it was repeated in between.
+  const lastSaid = new Map<string, { atMs: number; repeated: number }>();
+  const throttled =
+    (level: 'warn' | 'error') =>
+    (message: string, extra?: object): void => {
+      const nowMs = Date.now();
+      const seen = lastSaid.get(message);
+      if (seen !== undefined && nowMs - seen.atMs < 30_000) {
+        seen.repeated++;
+        return;
+      }
+      if (lastSaid.size > 1000) lastSaid.clear();
+      lastSaid.set(message, { atMs: nowMs, repeated: 0 });
+      log[level]({ ...extra, repeatedSinceLast: seen?.repeated ?? 0 }, message);
+    };
   const adapter = {
     info: (message: string, extra?: object) => log.debug(extra ?? {}, message),
-    warn: (message: string, extra?: object) => log.warn(extra ?? {}, message),
-    error: (message: string, extra?: object) => log.error(extra ?? {}, message),
+    warn: throttled('warn'),
+    error: throttled('error'),
     debug: (message: string, extra?: object) => log.trace(extra ?? {}, message),
     namespace: () => adapter,
     setLogLevel: () => {},
@@ -36,6 +52,10 @@ export function createKafka(options: {
  * Creates `topic` with `partitions` partitions when it does not exist yet. An existing topic is
  * left as it is (its partition count is reported, never changed: changing it would move users
  * between partitions).
+ *
+ * A topic created a moment ago (here, or by another instance starting at the same time) can be
+ * missing from the broker's metadata for a little while, which the client reports as "unknown
+ * topic or partition": a few tries with a short backoff ride that out.
  */
 export async function ensureTopic(
   kafka: Kafka,
@@ -46,16 +66,24 @@ export async function ensureTopic(
   const admin = kafka.admin();
   await admin.connect();
   try {
-    const existing = await admin.listTopics({ timeout: timeoutMs });
     let created = false;
-    if (!existing.includes(topic)) {
-      created = await admin.createTopics({
-        timeout: timeoutMs,
-        topics: [{ topic, numPartitions: partitions, replicationFactor: -1 }],
-      });
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const existing = await admin.listTopics({ timeout: timeoutMs });
+        if (!existing.includes(topic)) {
+          created =
+            (await admin.createTopics({
+              timeout: timeoutMs,
+              topics: [{ topic, numPartitions: partitions, replicationFactor: -1 }],
+            })) || created;
+        }
+        const [metadata] = await admin.fetchTopicMetadata({ topics: [topic], timeout: timeoutMs });
+        return { created, partitions: metadata?.partitions.length ?? partitions };
+      } catch (err) {
+        if (attempt >= 5) throw err;
+        await new Promise((resolve) => setTimeout(resolve, 300 * attempt));
+      }
     }
-    const [metadata] = await admin.fetchTopicMetadata({ topics: [topic], timeout: timeoutMs });
-    return { created, partitions: metadata?.partitions.length ?? partitions };
   } finally {
     await admin.disconnect();
   }

@@ -76,6 +76,8 @@ export class KafkaBroker {
   /** Formats storage if needed, starts the JVM and resolves once clients can connect. */
   async start(): Promise<KafkaBrokerInfo> {
     const { dataDir, logFile } = this.options;
+    // A broker stopped and started again is a new process: its stop must run again too.
+    this.stopping = undefined;
     this.checkInstalled();
     await mkdir(dataDir, { recursive: true });
     await KafkaBroker.stopLeftover(dataDir, (line) => this.progress(line));

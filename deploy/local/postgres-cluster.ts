@@ -73,6 +73,8 @@ export class PostgresCluster {
   /** Runs initdb when needed, starts the server and creates the database. */
   async start(): Promise<PostgresClusterInfo> {
     const { dataDir, logFile } = this.options;
+    // A cluster stopped and started again is a new postmaster: its stop must run again too.
+    this.stopping = undefined;
     const database = this.options.database ?? 'activity';
     const binDir = newestBinDir();
     const runAs = postgresUserIfRoot();

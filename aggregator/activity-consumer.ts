@@ -19,6 +19,8 @@ const WRITE_BACKOFF_MS = [500, 1000, 2000];
 export interface ActivityConsumerOptions {
   topic: string;
   consumerGroup: string;
+  /** A member silent for this long (crashed, stopped) loses its partitions to the others. */
+  sessionTimeoutMs: number;
   windowSeconds: number;
   flushIntervalMs: number;
   batchSize: number;
@@ -44,6 +46,8 @@ export class ActivityConsumer {
   private writesOk = true;
   private pausedFor = new Set<'database' | 'memory'>();
   private readonly batchesInHand = new Set<Promise<void>>();
+  /** The timer's flush while it runs: a tick during a slow flush is skipped, not queued. */
+  private timedFlush: Promise<void> | undefined;
   private stopping = false;
 
   constructor(
@@ -59,6 +63,9 @@ export class ActivityConsumer {
         groupId: options.consumerGroup,
         autoCommit: false,
         partitionAssigners: [PartitionAssigners.cooperativeSticky],
+        sessionTimeout: options.sessionTimeoutMs,
+        // Several heartbeats per session, as the broker expects (librdkafka's default is 3 s).
+        heartbeatInterval: Math.min(3000, Math.floor(options.sessionTimeoutMs / 3)),
       },
       // The default of 32 is too small to be worth a worker round trip.
       'js.consumer.max.batch.size': 2000,
@@ -89,8 +96,16 @@ export class ActivityConsumer {
       },
     });
     this.timer = setInterval(() => {
-      this.aggregation.finalizeIdle(Date.now());
-      this.flush().catch(() => {});
+      // A paused consumer is not reading its partitions: their silence is not idleness.
+      if (this.pausedFor.size === 0) this.aggregation.finalizeIdle(Date.now());
+      // During an outage one flush (with its retries) takes longer than the interval: ticks
+      // meanwhile would pile up flushes without bound.
+      if (this.timedFlush !== undefined) return;
+      this.timedFlush = this.flush()
+        .catch(() => {})
+        .finally(() => {
+          this.timedFlush = undefined;
+        });
     }, this.options.flushIntervalMs);
   }
 
@@ -108,6 +123,7 @@ export class ActivityConsumer {
     if (last !== undefined) {
       const lag = Math.max(0, Number(batch.highWatermark) - Number(last.offset) - 1);
       this.metrics.partitionLag.set({ partition: String(batch.partition) }, lag);
+      this.aggregation.noteBacklog(batch.partition, lag);
     }
     if (this.aggregation.heldUsers > this.options.maxHeldUserIds) this.pause('memory');
     if (this.aggregation.pendingRecords >= this.options.batchSize) {
@@ -182,6 +198,7 @@ export class ActivityConsumer {
   private resume(reason: 'database' | 'memory'): void {
     if (!this.pausedFor.delete(reason) || this.pausedFor.size > 0 || this.stopping) return;
     this.logger.info('consumption resumed');
+    this.aggregation.restartIdleClocks(Date.now());
     this.consumer.resume([{ topic: this.options.topic }]);
     this.metrics.consumptionPaused.set(0);
   }

@@ -86,11 +86,21 @@ export class Aggregation {
   }
 
   /** Applies one partition's batch (offset order). */
-  async apply(partition: number, records: readonly ConsumedRecord[]): Promise<void> {
+  async apply(partition: number, delivered: readonly ConsumedRecord[]): Promise<void> {
     const windows = this.partitions.get(partition);
-    if (windows === undefined || records.length === 0) return;
+    if (windows === undefined || delivered.length === 0) return;
+    // The client can deliver records again that were already applied (seen after a pause during
+    // a batch: the fetch restarts from the batch's start). Applying them twice would count them
+    // twice; offsets say which ones are new.
+    const through = windows.throughOffset;
+    const records =
+      (delivered[0] as ConsumedRecord).offset > through
+        ? delivered
+        : delivered.filter((record) => record.offset > through);
+    this.metrics.redelivered.inc(delivered.length - records.length);
+    if (records.length === 0) return;
     const stopTimer = this.metrics.workerTaskDuration.startTimer();
-    const result = await this.pool.run(windows.batchInput(packRecords(records), Date.now()));
+    const result = await this.pool.run(windows.batchInput(packRecords(records)));
     stopTimer();
 
     const letters: DeadLetter[] = [];
@@ -132,6 +142,16 @@ export class Aggregation {
     }
   }
 
+  /** Records left to read in `partition` after the batch just applied. */
+  noteBacklog(partition: number, records: number): void {
+    this.partitions.get(partition)?.noteBacklog(records);
+  }
+
+  /** After a pause: no partition counts as idle until `idleAfterMs` from now. */
+  restartIdleClocks(nowMs: number): void {
+    for (const windows of this.partitions.values()) windows.restartIdleClock(nowMs);
+  }
+
   /**
    * Writes every changed window and returns the offsets now durably reflected, per partition
    * (for committing to Kafka). Throws when the write fails; the state is kept for the next try.
@@ -158,7 +178,8 @@ export class Aggregation {
     const pendingAtSnapshot = this.recordsSinceFlush;
     const stopTimer = this.metrics.flushDuration.startTimer();
     try {
-      const written = await this.db.use((client) => writeWindowRows(client, rows));
+      // One connect attempt: the caller's write-retry policy decides what happens next.
+      const written = await this.db.use((client) => writeWindowRows(client, rows), 1);
       this.metrics.flushRows.inc(written);
       this.metrics.flushes.inc({ result: 'ok' });
     } catch (err) {

@@ -8,7 +8,7 @@
  * decision here depends only on the records and on the partition state passed in, never on batch
  * boundaries or the clock.
  */
-import { decodeEvent, PAGE_VIEW } from '../shared/event-schema.js';
+import { PAGE_VIEW, validateEvent } from '../shared/event-schema.js';
 
 /** One partition's batch, packed so that the buffers can be transferred to a worker. */
 export interface BatchInput {
@@ -19,6 +19,12 @@ export interface BatchInput {
   valueEnds: Int32Array;
   /** Each record's offset. */
   offsets: Float64Array;
+  /**
+   * Each record's Kafka timestamp (ingest's receive time), -1 where the record has none. The
+   * schema's future-timestamp bound is measured against it, not against the clock, so that a
+   * replay decides exactly as the first pass did.
+   */
+  timestamps: Float64Array;
   windowMs: number;
   allowedLatenessMs: number;
   /** The partition's watermark (highest event time seen) before this batch. */
@@ -29,8 +35,6 @@ export interface BatchInput {
   replayThrough: number;
   /** The windows being rebuilt by the replay (open in PostgreSQL): only they count replayed records. */
   replayWindows: Float64Array;
-  /** For the schema's future-timestamp bound only. */
-  nowMs: number;
 }
 
 /** The partial figures of one window from one batch. */
@@ -72,22 +76,13 @@ export function aggregateBatch(input: BatchInput): BatchResult {
     const offset = input.offsets[i] as number;
     const end = input.valueEnds[i] as number;
     const replayed = offset <= input.replayThrough;
-    let outcome: ReturnType<typeof decodeEvent> | { ok: false; code: string };
+    let outcome: ReturnType<typeof validateEvent> | { ok: false; code: string };
     if (end < 0) {
       outcome = { ok: false, code: 'empty_record' };
     } else {
       const bytes = input.values.subarray(start, end);
       start = end;
-      let text: string | undefined;
-      try {
-        text = decoder.decode(bytes);
-      } catch {
-        text = undefined;
-      }
-      outcome =
-        text === undefined
-          ? { ok: false, code: 'invalid_utf8' }
-          : decodeEvent(text, { nowMs: input.nowMs, maxAgeMs: null, requireTimestamp: true });
+      outcome = decodeRecord(bytes, input.timestamps[i] as number);
     }
     if (!outcome.ok) {
       if (replayed) skipped++;
@@ -133,18 +128,48 @@ export function aggregateBatch(input: BatchInput): BatchResult {
   return { windows: partials, watermarkOut: watermark, invalid, late, skipped };
 }
 
+/**
+ * UTF-8 → JSON → schema. Not the schema's `decodeEvent`, which reports unparseable JSON as
+ * `invalid_type`: a dead letter says `invalid_json`, the code ingest answers for the same bytes.
+ */
+function decodeRecord(
+  bytes: Uint8Array,
+  appendedMs: number,
+): ReturnType<typeof validateEvent> | { ok: false; code: 'invalid_utf8' | 'invalid_json' } {
+  let text: string;
+  try {
+    text = decoder.decode(bytes);
+  } catch {
+    return { ok: false, code: 'invalid_utf8' };
+  }
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    return { ok: false, code: 'invalid_json' };
+  }
+  // A record without a Kafka timestamp has nothing fixed to bound its future against.
+  const nowMs = appendedMs >= 0 ? appendedMs : Number.POSITIVE_INFINITY;
+  return validateEvent(value, { nowMs, maxAgeMs: null, requireTimestamp: true });
+}
+
+/** The records of a batch, in the transferable buffers of a BatchInput. */
+export type PackedRecords = Pick<BatchInput, 'values' | 'valueEnds' | 'offsets' | 'timestamps'>;
+
 /** Packs records (in offset order) into a BatchInput's transferable buffers. */
 export function packRecords(
-  records: ReadonlyArray<{ offset: number; value: Uint8Array | null }>,
-): Pick<BatchInput, 'values' | 'valueEnds' | 'offsets'> {
+  records: ReadonlyArray<{ offset: number; timestampMs: number; value: Uint8Array | null }>,
+): PackedRecords {
   let total = 0;
   for (const record of records) total += record.value?.byteLength ?? 0;
   const values = new Uint8Array(total);
   const valueEnds = new Int32Array(records.length);
   const offsets = new Float64Array(records.length);
+  const timestamps = new Float64Array(records.length);
   let position = 0;
   records.forEach((record, i) => {
     offsets[i] = record.offset;
+    timestamps[i] = Number.isFinite(record.timestampMs) ? record.timestampMs : -1;
     if (record.value === null) {
       valueEnds[i] = -1;
       return;
@@ -153,5 +178,5 @@ export function packRecords(
     position += record.value.byteLength;
     valueEnds[i] = position;
   });
-  return { values, valueEnds, offsets };
+  return { values, valueEnds, offsets, timestamps };
 }

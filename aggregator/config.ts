@@ -10,6 +10,11 @@ export interface AggregatorConfig {
   kafkaBrokers: string[];
   topic: string;
   consumerGroup: string;
+  /**
+   * How long the group coordinator waits for a silent member (crashed, stopped) before giving its
+   * partitions to the others.
+   */
+  sessionTimeoutMs: number;
   databaseUrl: string;
   /** PostgreSQL schema holding the metrics table and view. */
   databaseSchema: string;
@@ -39,6 +44,8 @@ export function readAggregatorConfig(env: NodeJS.ProcessEnv): AggregatorConfig {
     kafkaBrokers: r.list('KAFKA_BROKERS', ['127.0.0.1:9092']),
     topic: r.string('TOPIC', DEFAULT_TOPIC),
     consumerGroup: r.string('CONSUMER_GROUP', 'activity-aggregator'),
+    // The broker refuses values outside its group.min/max.session.timeout.ms (6 s to 30 min).
+    sessionTimeoutMs: r.secondsAsMs('SESSION_TIMEOUT_SEC', 30, { min: 1, max: 1800 }),
     databaseUrl: r.string('DATABASE_URL', 'postgres://postgres@127.0.0.1:5432/activity'),
     databaseSchema: r.string('DATABASE_SCHEMA', 'public'),
     windowMs: r.secondsAsMs('WINDOW_SEC', 60, { min: 1, max: 86_400 }),

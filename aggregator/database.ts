@@ -25,8 +25,12 @@ export class Database {
 
   constructor(private readonly options: DatabaseOptions) {}
 
-  /** Connects, retrying with backoff; throws `database_unavailable` after the last attempt. */
-  async connect(): Promise<pg.Client> {
+  /**
+   * Connects, retrying with backoff; throws `database_unavailable` after the last of `attempts`.
+   * Start-up and checkpoint reads take the seed's 10; a flush takes 1, because the flush has a
+   * retry policy of its own and must report a lasting outage within seconds, not minutes.
+   */
+  async connect(attempts = CONNECT_ATTEMPTS): Promise<pg.Client> {
     if (this.client !== undefined) return this.client;
     let delayMs = 1000;
     for (let attempt = 1; ; attempt++) {
@@ -50,7 +54,7 @@ export class Database {
         return client;
       } catch (err) {
         client.end().catch(() => {});
-        if (attempt >= CONNECT_ATTEMPTS) {
+        if (attempt >= attempts) {
           throw new PipelineError(
             'database_unavailable',
             `cannot connect to PostgreSQL after ${attempt} attempts; check DATABASE_URL`,
@@ -65,9 +69,15 @@ export class Database {
     }
   }
 
-  /** Runs `work` on the connection; on failure the connection is dropped before rethrowing. */
-  async use<T>(work: (client: pg.Client) => Promise<T>): Promise<T> {
-    const client = await this.connect();
+  /**
+   * Runs `work` on the connection (connecting first, with up to `connectAttempts` attempts); on
+   * failure the connection is dropped before rethrowing.
+   */
+  async use<T>(
+    work: (client: pg.Client) => Promise<T>,
+    connectAttempts = CONNECT_ATTEMPTS,
+  ): Promise<T> {
+    const client = await this.connect(connectAttempts);
     try {
       return await work(client);
     } catch (err) {

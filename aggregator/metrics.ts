@@ -74,6 +74,11 @@ export function createAggregatorMetrics(registry: Registry) {
       help: 'Replayed records not counted again after an assignment (already reflected).',
       registers,
     }),
+    redelivered: new Counter({
+      name: 'aggregator_records_redelivered_total',
+      help: 'Records the consumer delivered again after they were applied (a fetch restarted after a pause or seek); ignored.',
+      registers,
+    }),
     freshness: new Histogram({
       name: 'aggregator_freshness_seconds',
       help: 'Time from ingest receiving the newest flushed record to the flush committing.',

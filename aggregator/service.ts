@@ -79,6 +79,7 @@ export async function startAggregator(
       {
         topic: config.topic,
         consumerGroup: config.consumerGroup,
+        sessionTimeoutMs: config.sessionTimeoutMs,
         windowSeconds: config.windowMs / 1000,
         flushIntervalMs: config.flushIntervalMs,
         batchSize: config.batchSize,

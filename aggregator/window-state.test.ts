@@ -24,8 +24,10 @@ function applyEvent(
   event: ReturnType<typeof click>,
   offset: number,
 ): 'counted' | 'late' {
-  const packed = packRecords([{ offset, value: Buffer.from(JSON.stringify(event)) }]);
-  const result = aggregateBatch(state.batchInput(packed, event.timestamp));
+  const packed = packRecords([
+    { offset, timestampMs: event.timestamp, value: Buffer.from(JSON.stringify(event)) },
+  ]);
+  const result = aggregateBatch(state.batchInput(packed));
   assert.deepEqual(result.invalid, []);
   state.merge(result, offset);
   return result.late.length === 1 ? 'late' : 'counted';
@@ -220,6 +222,47 @@ describe('PartitionWindows: finality and late events', () => {
     // A late event far in the past, then one just inside T1's lateness: still counted.
     applyEvent(state, click('c', T0 - 10 * WINDOW_MS), 2);
     assert.equal(applyEvent(state, click('d', T1), 3), 'counted');
+  });
+});
+
+describe('PartitionWindows: idle partitions', () => {
+  const IDLE_MS = 5000;
+  /** Wall-clock time long after T0's window closed: only idleness keeps it open. */
+  const LATER = T0 + 10 * WINDOW_MS;
+
+  test('an idle partition with nothing left to read lets wall-clock time finalize its windows', () => {
+    const state = windows();
+    applyEvent(state, click('a', T0), 0);
+    state.restartIdleClock(LATER);
+    state.finalizeIdle(LATER + IDLE_MS - 1, IDLE_MS);
+    assert.equal(onlyRow(state, T0).isFinal, false, 'not idle for long enough yet');
+    state.finalizeIdle(LATER + IDLE_MS, IDLE_MS);
+    assert.equal(onlyRow(state, T0).isFinal, true);
+  });
+
+  test('a partition with a backlog is behind, not idle: its windows stay open', () => {
+    const state = windows();
+    applyEvent(state, click('a', T0), 0);
+    state.noteBacklog(250);
+    state.restartIdleClock(LATER);
+    state.finalizeIdle(LATER + 100 * IDLE_MS, IDLE_MS);
+    assert.equal(onlyRow(state, T0).isFinal, false);
+    // Caught up again: now silence is idleness.
+    state.noteBacklog(0);
+    state.finalizeIdle(LATER + 100 * IDLE_MS, IDLE_MS);
+    assert.equal(onlyRow(state, T0).isFinal, true);
+  });
+
+  test('restarting the idle clock (after a pause) delays finality by a whole idle period', () => {
+    const state = windows();
+    applyEvent(state, click('a', T0), 0);
+    state.restartIdleClock(LATER);
+    state.finalizeIdle(LATER + IDLE_MS - 1, IDLE_MS);
+    state.restartIdleClock(LATER + IDLE_MS - 1);
+    state.finalizeIdle(LATER + IDLE_MS, IDLE_MS);
+    assert.equal(onlyRow(state, T0).isFinal, false);
+    state.finalizeIdle(LATER + 2 * IDLE_MS - 1, IDLE_MS);
+    assert.equal(onlyRow(state, T0).isFinal, true);
   });
 });
 

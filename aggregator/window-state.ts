@@ -1,4 +1,4 @@
-import type { BatchInput, BatchResult } from './batch-aggregator.js';
+import type { BatchInput, BatchResult, PackedRecords } from './batch-aggregator.js';
 import type { PartitionCheckpoint } from './partition-recovery.js';
 
 /** The figures of one event-time window in one partition, as written to PostgreSQL. */
@@ -48,6 +48,8 @@ export class PartitionWindows {
   private readonly replayUntil: number;
   private replaying: Float64Array;
   private lastRecordWallMs = Date.now();
+  /** Records behind the partition's end as of the newest batch: a partition with any is not idle. */
+  private backlog = 0;
 
   constructor(
     readonly partition: number,
@@ -102,10 +104,7 @@ export class PartitionWindows {
   }
 
   /** The worker input for a batch of this partition: its records plus the state they need. */
-  batchInput(
-    packed: Pick<BatchInput, 'values' | 'valueEnds' | 'offsets'>,
-    nowMs: number,
-  ): BatchInput {
+  batchInput(packed: PackedRecords): BatchInput {
     return {
       partition: this.partition,
       ...packed,
@@ -115,7 +114,6 @@ export class PartitionWindows {
       finalThrough: this.finalStartsThrough,
       replayThrough: this.replayThrough,
       replayWindows: this.replaying,
-      nowMs,
     };
   }
 
@@ -154,13 +152,29 @@ export class PartitionWindows {
     }
   }
 
+  /** Records left to read behind the newest batch (its high watermark minus its last offset). */
+  noteBacklog(records: number): void {
+    this.backlog = records;
+  }
+
   /**
-   * An idle partition (no records for `idleAfterMs`) lets wall-clock time finalize its windows,
-   * so that a window's figures become final even when no later event arrives to move the
-   * watermark. Not during a replay: those windows' records are still being read.
+   * Starts the idle clock again: consumption resumed after a pause, and records that were waiting
+   * meanwhile are about to arrive.
+   */
+  restartIdleClock(nowMs: number): void {
+    this.lastRecordWallMs = nowMs;
+  }
+
+  /**
+   * An idle partition (no records for `idleAfterMs`, and none left to read) lets wall-clock time
+   * finalize its windows, so that a window's figures become final even when no later event
+   * arrives to move the watermark. Not during a replay: those windows' records are still being
+   * read. A partition with a backlog is not idle but behind: its records are on their way, and
+   * closing their windows by the clock would turn them late (the caller also skips this while
+   * consumption is paused).
    */
   finalizeIdle(nowMs: number, idleAfterMs: number): void {
-    if (this.isReplaying || nowMs - this.lastRecordWallMs < idleAfterMs) return;
+    if (this.isReplaying || this.backlog > 0 || nowMs - this.lastRecordWallMs < idleAfterMs) return;
     this.markFinal((start) => nowMs >= this.endOf(start) + this.allowedLatenessMs);
   }
 

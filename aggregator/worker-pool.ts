@@ -37,7 +37,12 @@ export class WorkerPool {
 
   async run(input: BatchInput): Promise<BatchResult> {
     if (this.pool === undefined) return aggregateBatch(input);
-    const transfer = [input.values.buffer, input.valueEnds.buffer, input.offsets.buffer];
+    const transfer = [
+      input.values.buffer,
+      input.valueEnds.buffer,
+      input.offsets.buffer,
+      input.timestamps.buffer,
+    ];
     return (await this.pool.run(input, { transferList: transfer as ArrayBuffer[] })) as BatchResult;
   }
 

@@ -7,6 +7,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { PAGE_VIEW, validateEvent } from '../shared/event-schema.js';
+import { seededRandom } from '../shared/testing.js';
 import {
   aggregateBatch,
   type BatchInput,
@@ -534,18 +535,6 @@ describe('aggregateBatch: replay after an assignment', () => {
 // ---------------------------------------------------------------------------------------------
 // Determinism over seeded random streams.
 
-/** mulberry32: a small seeded PRNG, so a failing seed can be replayed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4_294_967_296;
-  };
-}
-
 const P_WINDOW_MS = 10_000;
 const P_LATENESS_MS = 4_000;
 
@@ -554,7 +543,7 @@ const P_LATENESS_MS = 4_000;
  * events (some within the lateness, some late), jumps, offset gaps and every kind of bad record.
  */
 function randomStream(seed: number, length: number): RawRecord[] {
-  const rand = prng(seed);
+  const rand = seededRandom(seed);
   const int = (n: number): number => Math.floor(rand() * n);
   const out: RawRecord[] = [];
   let offset = int(1000);
@@ -772,7 +761,7 @@ describe('determinism: batch boundaries, flushes and crashes do not change the f
       const wholeOutcomes = applyBatch(whole, stream);
       const expected = whole.snapshotDirty();
 
-      const rand = prng(seed ^ 0xb10c);
+      const rand = seededRandom(seed ^ 0xb10c);
       for (const maxSize of [1, 3, 17, stream.length]) {
         const split = new PartitionWindows(0, P_WINDOW_MS, P_LATENESS_MS);
         const late: number[] = [];
@@ -801,7 +790,7 @@ describe('determinism: batch boundaries, flushes and crashes do not change the f
     for (const seed of SEEDS) {
       const stream = randomStream(seed, 40 + (seed % 200));
       const expected = specification(stream).figures;
-      const rand = prng(seed ^ 0xf1);
+      const rand = seededRandom(seed ^ 0xf1);
       const state = new PartitionWindows(0, P_WINDOW_MS, P_LATENESS_MS);
       const table = new FencedTable();
       // A flush snapshots, then writes while later batches are still merged (aggregation.ts does
@@ -836,7 +825,7 @@ describe('determinism: batch boundaries, flushes and crashes do not change the f
     for (const seed of SEEDS) {
       const stream = randomStream(seed, 40 + (seed % 200));
       const expected = specification(stream).figures;
-      const rand = prng(seed ^ 0xc4a5);
+      const rand = seededRandom(seed ^ 0xc4a5);
       const table = new FencedTable();
       let state = new PartitionWindows(0, P_WINDOW_MS, P_LATENESS_MS);
       let position = 0;

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
+import { seededRandom } from '../shared/testing.js';
 import { aggregateBatch, packRecords, windowStartOf } from './batch-aggregator.js';
 import { PartitionWindows, type WindowRow } from './window-state.js';
 
@@ -428,7 +429,7 @@ describe('PartitionWindows: random streams against a simple model', () => {
  * computed directly from the events the model says are on time.
  */
 function checkAgainstModel(seed: number): void {
-  const random = mulberry32(seed);
+  const random = seededRandom(seed);
   const latenessMs = Math.floor(random() * 3) * 5000;
   const state = windows(latenessMs);
   const written = new Map<number, WindowRow>();
@@ -526,16 +527,4 @@ function checkAgainstModel(seed: number): void {
       `seed ${seed}: window ${new Date(start).toISOString()}`,
     );
   }
-}
-
-/** A small seeded PRNG, so that a failing stream can be reproduced. */
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }

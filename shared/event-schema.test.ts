@@ -12,6 +12,7 @@ import {
   type ValidationOptions,
   validateEvent,
 } from './event-schema.js';
+import { seededRandom } from './testing.js';
 
 /** Receive time of every test: 2024-05-01T12:00:00Z. */
 const NOW = Date.UTC(2024, 4, 1, 12, 0, 0);
@@ -479,7 +480,7 @@ describe('validateEvent on random input', () => {
   ]);
 
   test('never throws, and returns a well-formed event or a known reject code', () => {
-    const random = mulberry32(0x5eed);
+    const random = seededRandom(0x5eed);
     const outcomes = new Map<string, number>();
     for (let i = 0; i < 5000; i++) {
       const input = randomEventLike(random);
@@ -571,18 +572,6 @@ function safeJson(value: unknown): string {
   } catch {
     return String(value);
   }
-}
-
-/** A small seeded PRNG, so that a failing random input can be reproduced. */
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 type Random = () => number;

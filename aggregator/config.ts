@@ -34,6 +34,11 @@ export interface AggregatorConfig {
   databaseQueryTimeoutMs: number;
   shutdownGraceMs: number;
   logLevel: string;
+  /**
+   * Test only (`make chaos`): hold every flush this long between the upsert and COMMIT, so that a
+   * fault can be injected in that gap for certain. 0 (the default) disables it.
+   */
+  chaosPauseBeforeCommitMs: number;
 }
 
 export function readAggregatorConfig(env: NodeJS.ProcessEnv): AggregatorConfig {
@@ -58,6 +63,7 @@ export function readAggregatorConfig(env: NodeJS.ProcessEnv): AggregatorConfig {
     databaseQueryTimeoutMs: r.secondsAsMs('DATABASE_QUERY_TIMEOUT_SEC', 15, { min: 0.1, max: 600 }),
     shutdownGraceMs: r.secondsAsMs('SHUTDOWN_GRACE_SEC', 25, { min: 1, max: 600 }),
     logLevel: r.oneOf('LOG_LEVEL', 'info', ['trace', 'debug', 'info', 'warn', 'error', 'fatal']),
+    chaosPauseBeforeCommitMs: r.int('CHAOS_PAUSE_BEFORE_COMMIT_MS', 0, { min: 0, max: 60_000 }),
   };
   if (!/^[a-z_][a-z0-9_]{0,62}$/.test(config.databaseSchema)) {
     r.problem(

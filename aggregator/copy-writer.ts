@@ -6,6 +6,17 @@ import type { WindowRow } from './window-state.js';
 
 const { from: copyFrom } = pgCopyStreams;
 
+/** Test-only pause between the upsert and COMMIT (`CHAOS_PAUSE_BEFORE_COMMIT_MS`); off when 0. */
+let pauseBeforeCommit: { ms: number; onPause: () => void } | undefined;
+
+/**
+ * Fault injection only (`make chaos`): every later write waits `ms` between the upsert and
+ * COMMIT, after calling `onPause`, so that a kill or a terminated backend lands in that gap.
+ */
+export function setPauseBeforeCommit(ms: number, onPause: () => void): void {
+  pauseBeforeCommit = ms > 0 ? { ms, onPause } : undefined;
+}
+
 const COLUMNS = [
   '"timestamp"',
   'window_seconds',
@@ -55,6 +66,10 @@ export async function writeWindowRows(
          updated_at      = now()
        WHERE m.through_offset <= EXCLUDED.through_offset`,
     );
+    if (pauseBeforeCommit !== undefined) {
+      pauseBeforeCommit.onPause();
+      await new Promise((resolve) => setTimeout(resolve, pauseBeforeCommit?.ms));
+    }
     await client.query('COMMIT');
     return result.rowCount ?? 0;
   } catch (err) {

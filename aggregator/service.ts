@@ -6,6 +6,7 @@ import { createServiceRegistry } from '../shared/service-metrics.js';
 import { ActivityConsumer } from './activity-consumer.js';
 import { Aggregation } from './aggregation.js';
 import type { AggregatorConfig } from './config.js';
+import { setPauseBeforeCommit } from './copy-writer.js';
 import { Database } from './database.js';
 import { DeadLetterProducer } from './dead-letter.js';
 import { createAggregatorMetrics } from './metrics.js';
@@ -29,6 +30,11 @@ export async function startAggregator(
   const registry = createServiceRegistry('aggregator', state);
   const metrics = createAggregatorMetrics(registry);
   metrics.heldUsersLimit.set(config.maxHeldUserIds);
+  if (config.chaosPauseBeforeCommitMs > 0) {
+    const chaos = logger.child({ component: 'chaos' });
+    const pauseMs = config.chaosPauseBeforeCommitMs;
+    setPauseBeforeCommit(pauseMs, () => chaos.warn({ pauseMs }, 'paused between COPY and COMMIT'));
+  }
 
   const db = new Database({
     url: config.databaseUrl,

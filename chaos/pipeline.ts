@@ -1,0 +1,251 @@
+/**
+ * One scenario's pipeline on the chaos stack: its own topic, consumer group and schema, ingest
+ * and the aggregators as child processes (so that they can be killed and frozen for real), a
+ * steady load recorded in an `OutcomeLedger`, and the probes the table reports: the lag (every
+ * event acknowledged more than 5 s ago visible in the view), the peak memory of the services,
+ * and the verdict once the run has settled.
+ */
+import pg from 'pg';
+import { readWindowTotals, type WindowTotals } from '../e2e/activity-oracle.js';
+import { AggregatorProcess } from '../e2e/aggregator-process.js';
+import { IngestProcess } from '../e2e/ingest-process.js';
+import { OutcomeLedger, type Verdict } from '../e2e/outcome-ledger.js';
+import { createTestResources, type TestResources } from '../e2e/test-resources.js';
+import { sleep, withDeadline } from '../shared/lifecycle.js';
+import type { Logger } from '../shared/logger.js';
+import { freeTcpPort } from '../shared/testing.js';
+import type { ChaosStack } from './chaos-stack.js';
+import { LoadGenerator, type LoadOptions } from './load-generator.js';
+
+export const WINDOW_SEC = 10;
+export const PARTITIONS = 6;
+export const SESSION_TIMEOUT_SEC = 6;
+/** "Recovered": every event acknowledged more than this long ago is in the view. */
+export const LAG_TARGET_MS = 5_000;
+
+export interface PipelineOptions {
+  /** Extra aggregator environment (every instance). */
+  aggregatorEnv?: Record<string, string>;
+  /** Extra ingest environment. */
+  ingestEnv?: Record<string, string>;
+  /** Load shape; defaults: 300 events/s in batches of 20 over 2,000 users. */
+  load?: Partial<Pick<LoadOptions, 'eventsPerSecond' | 'batchSize' | 'users' | 'timestamp'>>;
+}
+
+export class ChaosPipeline {
+  readonly ledger = new OutcomeLedger(WINDOW_SEC * 1000);
+  readonly aggregators: AggregatorProcess[] = [];
+  ingest!: IngestProcess;
+  load!: LoadGenerator;
+  resources!: TestResources;
+  private pool!: pg.Pool;
+  private sampler: NodeJS.Timeout | undefined;
+  /** Peak resident memory seen, by service name, in bytes. */
+  readonly peakRss = new Map<string, number>();
+  /** Problems seen while the run was going (not only at the end). */
+  readonly problems: string[] = [];
+  private lastView: WindowTotals[] = [];
+  private worstOvershoot = 0;
+
+  constructor(
+    readonly stack: ChaosStack,
+    readonly name: string,
+    readonly seed: number,
+    private readonly options: PipelineOptions,
+    private readonly logger: Logger,
+  ) {}
+
+  /** Creates the topic and schema, starts ingest and `aggregators` aggregators (not the load). */
+  async start(aggregators: number): Promise<void> {
+    this.resources = await createTestResources(
+      `chaos_${this.name.replace(/-/g, '_')}`,
+      this.stack,
+      this.logger,
+    );
+    // The test connection dies with every PostgreSQL crash of the pg scenarios: never fatal.
+    this.resources.db.on('error', () => {});
+    await this.resources.createTopic(PARTITIONS);
+    this.pool = new pg.Pool({
+      connectionString: this.stack.databaseUrl,
+      max: 2,
+      connectionTimeoutMillis: 2_000,
+      query_timeout: 3_000,
+    });
+    this.pool.on('error', () => {});
+    this.ingest = new IngestProcess({
+      KAFKA_BROKERS: this.stack.kafkaBrokers,
+      TOPIC: this.resources.topic,
+      TOPIC_PARTITIONS: String(PARTITIONS),
+      INGEST_HOST: '127.0.0.1',
+      INGEST_PORT: String(await freeTcpPort()),
+      ACK_TIMEOUT_SEC: '5',
+      REQUEST_TIMEOUT_SEC: '8',
+      SHUTDOWN_GRACE_SEC: '10',
+      LOG_LEVEL: 'warn',
+      ...this.options.ingestEnv,
+    });
+    this.ingest.start();
+    await this.ingest.waitReady(30_000);
+    for (let i = 0; i < aggregators; i++) await this.addAggregator();
+    await Promise.all(this.aggregators.map((a) => a.waitReady(30_000)));
+    this.load = new LoadGenerator({
+      port: this.ingest.port,
+      ledger: this.ledger,
+      seed: this.seed,
+      eventsPerSecond: this.options.load?.eventsPerSecond ?? 300,
+      batchSize: this.options.load?.batchSize ?? 20,
+      users: this.options.load?.users ?? 2_000,
+      requestTimeoutMs: 12_000,
+      ...(this.options.load?.timestamp === undefined
+        ? {}
+        : { timestamp: this.options.load.timestamp }),
+    });
+    this.sampler = setInterval(() => this.sample(), 1_000);
+  }
+
+  /** A new aggregator in the group, started unless `start` is false. */
+  async addAggregator(start = true): Promise<AggregatorProcess> {
+    const aggregator = new AggregatorProcess({
+      ...this.resources.env,
+      AGGREGATOR_HOST: '127.0.0.1',
+      AGGREGATOR_PORT: String(await freeTcpPort()),
+      WINDOW_SEC: String(WINDOW_SEC),
+      // Longer than ACK_TIMEOUT_SEC plus the load's jitter: an acknowledged event is never late.
+      ALLOWED_LATENESS_SEC: '30',
+      FLUSH_INTERVAL_SEC: '0.5',
+      BATCH_SIZE: '2000',
+      WORKERS: '1',
+      SESSION_TIMEOUT_SEC: String(SESSION_TIMEOUT_SEC),
+      SHUTDOWN_GRACE_SEC: '10',
+      DATABASE_QUERY_TIMEOUT_SEC: '3',
+      LOG_LEVEL: 'warn',
+      ...this.options.aggregatorEnv,
+    });
+    if (start) aggregator.start();
+    this.aggregators.push(aggregator);
+    return aggregator;
+  }
+
+  /** The view, or undefined while PostgreSQL does not answer. */
+  async readView(): Promise<WindowTotals[] | undefined> {
+    let client: pg.PoolClient | undefined;
+    try {
+      client = await this.pool.connect();
+      const view = await readWindowTotals(client, this.resources.schema);
+      client.release();
+      this.lastView = view;
+      // The upper bound holds at every moment (pending events count as "may be stored").
+      const verdict = this.ledger.judge(view);
+      if (verdict.doubleCounted > this.worstOvershoot) {
+        this.worstOvershoot = verdict.doubleCounted;
+        this.problems.push(`over the bound while running: ${verdict.problems.join('; ')}`);
+      }
+      return view;
+    } catch {
+      client?.release(true);
+      return undefined;
+    }
+  }
+
+  /**
+   * Waits until ingest acknowledges again and the view holds every event acknowledged before
+   * `clearedAt` and every one acknowledged more than LAG_TARGET_MS ago (the lag is back under
+   * 5 s, past the fault); returns how long after `clearedAt` that was, or undefined after
+   * `timeoutMs`.
+   */
+  async waitRecovered(clearedAt: number, timeoutMs = 90_000): Promise<number | undefined> {
+    const deadline = clearedAt + timeoutMs;
+    while (Date.now() < deadline) {
+      const probedAt = Date.now();
+      const view = await this.readView();
+      if (view !== undefined) {
+        const counted = view.reduce((sum, row) => sum + row.event_count, 0);
+        if (
+          this.ledger.lastAcknowledgedAt >= clearedAt &&
+          counted >= this.ledger.acknowledgedBefore(Math.max(clearedAt, probedAt - LAG_TARGET_MS))
+        ) {
+          return Math.max(0, probedAt - clearedAt);
+        }
+      }
+      await sleep(250);
+    }
+    return undefined;
+  }
+
+  /**
+   * Stops the load and waits until the view holds every acknowledged event (or `timeoutMs`
+   * passes), then a few more flush intervals, so that a late overshoot shows; judges the view.
+   */
+  async settle(timeoutMs = 90_000): Promise<Verdict> {
+    await this.load.stop();
+    const deadline = Date.now() + timeoutMs;
+    let verdict = this.ledger.judge(this.lastView);
+    while (Date.now() < deadline) {
+      const view = await this.readView();
+      if (view !== undefined) {
+        verdict = this.ledger.judge(view);
+        if (verdict.lost === 0 && verdict.doubleCounted === 0) break;
+      }
+      await sleep(500);
+    }
+    await sleep(3_000);
+    const view = await this.readView();
+    return this.ledger.judge(view ?? this.lastView);
+  }
+
+  /** Sessions left idle inside a transaction for more than 5 s (a leak: nothing is flushing). */
+  async idleInTransaction(): Promise<string[]> {
+    const result = await this.pool.query<{ pid: number; app: string; age: string }>(
+      `SELECT pid, application_name AS app, (now() - state_change)::text AS age
+         FROM pg_stat_activity
+        WHERE state LIKE 'idle in transaction%' AND now() - state_change > interval '5 seconds'`,
+    );
+    return result.rows.map((row) => `pid ${row.pid} (${row.app}) for ${row.age}`);
+  }
+
+  /** A query on the pipeline's own connections (not the aggregators'). */
+  async query(text: string, values: unknown[] = []): Promise<void> {
+    await this.pool.query(text, values);
+  }
+
+  /** Backends of the aggregators, with what they run. */
+  async aggregatorBackends(): Promise<Array<{ pid: number; state: string; query: string }>> {
+    const result = await this.pool.query<{ pid: number; state: string; query: string }>(
+      `SELECT pid, coalesce(state, '') AS state, left(query, 80) AS query
+         FROM pg_stat_activity WHERE application_name = 'aggregator' AND datname = current_database()`,
+    );
+    return result.rows;
+  }
+
+  /** Stops everything this pipeline started and removes its topic and schema. */
+  async close(): Promise<void> {
+    if (this.sampler !== undefined) clearInterval(this.sampler);
+    await this.load?.stop().catch(() => {});
+    await Promise.allSettled([
+      ...this.aggregators.map(async (a) => {
+        a.freeze(false);
+        await a.signal('SIGTERM', 15_000).catch(() => a.signal('SIGKILL'));
+      }),
+      this.ingest?.signal('SIGTERM', 15_000).catch(() => this.ingest.signal('SIGKILL')),
+    ]);
+    await withDeadline(this.pool?.end() ?? Promise.resolve(), 5_000, 'closing the pool').catch(
+      () => {},
+    );
+    await this.resources?.cleanup().catch(() => {});
+  }
+
+  /** The last output of every service, for a failure report. */
+  tails(): string {
+    return [this.ingest, ...this.aggregators].map((s) => s?.tail() ?? '').join('');
+  }
+
+  private sample(): void {
+    const services: Array<[string, number | undefined]> = [
+      ['ingest', this.ingest.rssBytes()],
+      ...this.aggregators.map((a): [string, number | undefined] => ['aggregator', a.rssBytes()]),
+    ];
+    for (const [name, rss] of services) {
+      if (rss !== undefined) this.peakRss.set(name, Math.max(this.peakRss.get(name) ?? 0, rss));
+    }
+  }
+}

@@ -1,0 +1,108 @@
+/**
+ * `make chaos`: starts a private broker and PostgreSQL, runs every fault scenario (or those
+ * SCENARIO names) for CYCLES cycles each (default: each scenario's own), prints progress and the
+ * table, writes it to .local/chaos/results.md, and exits 1 on any loss, double count or other
+ * problem.
+ *
+ *   node dist/chaos/run-chaos.js            SCENARIO=aggregator-kill,broker CYCLES=5 CHAOS_SEED=1
+ *
+ * SCENARIO matches names by prefix: `postgres` runs the three PostgreSQL scenarios.
+ */
+import { mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { REPO_ROOT } from '../deploy/local/stack.js';
+import { ConfigReader, loadConfigOrExit } from '../shared/config-reader.js';
+import { createLogger } from '../shared/logger.js';
+import { ChaosStack } from './chaos-stack.js';
+import { resultsNotes, resultsTable } from './results-table.js';
+import { runScenario, type ScenarioResult } from './scenario.js';
+import { allScenarios } from './scenarios/index.js';
+
+interface ChaosConfig {
+  scenarios: string[];
+  /** 0: each scenario's default. */
+  cycles: number;
+  seed: number;
+  brokerStallMs: number;
+}
+
+function readChaosConfig(env: NodeJS.ProcessEnv): ChaosConfig {
+  const r = new ConfigReader(env);
+  const config: ChaosConfig = {
+    scenarios: r.list('SCENARIO', []),
+    cycles: r.int('CYCLES', 0, { min: 0, max: 10_000 }),
+    seed: r.int('CHAOS_SEED', Math.floor(Math.random() * 2 ** 31), { min: 0, max: 2 ** 31 }),
+    brokerStallMs: r.secondsAsMs('CHAOS_BROKER_STALL_SEC', 30, { min: 1, max: 600 }),
+  };
+  r.finish();
+  return config;
+}
+
+const say = (line: string): void => {
+  process.stdout.write(`${line}\n`);
+};
+
+async function main(): Promise<number> {
+  const config = loadConfigOrExit(() => readChaosConfig(process.env));
+  const known = allScenarios({ brokerStallMs: config.brokerStallMs });
+  const chosen =
+    config.scenarios.length === 0
+      ? known
+      : known.filter((s) => config.scenarios.some((name) => s.name.startsWith(name)));
+  if (chosen.length === 0) {
+    say(
+      `[chaos] no scenario matches ${config.scenarios.join(',')}; known: ${known.map((s) => s.name).join(', ')}`,
+    );
+    return 2;
+  }
+  say(`[chaos] seed ${config.seed}; scenarios: ${chosen.map((s) => s.name).join(', ')}`);
+  say('[chaos] starting a private Kafka broker and PostgreSQL');
+  const stack = await ChaosStack.start(`chaos-${process.pid}`);
+  let stopping = false;
+  const onSignal = (): void => {
+    if (stopping) process.exit(130);
+    stopping = true;
+    say('[chaos] interrupted: stopping after this scenario (again to quit now)');
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  const logger = createLogger('chaos', 'error');
+  const results: ScenarioResult[] = [];
+  try {
+    for (const [index, scenario] of chosen.entries()) {
+      if (stopping) break;
+      const cycles = config.cycles > 0 ? config.cycles : scenario.defaultCycles;
+      say(`[chaos] ${scenario.name}: ${scenario.fault}, ${cycles} cycle(s)`);
+      const result = await runScenario({
+        stack,
+        scenario,
+        cycles,
+        seed: config.seed + index,
+        logger,
+        log: say,
+      });
+      results.push(result);
+      say(
+        `[chaos] ${scenario.name}: ${result.problems.length === 0 ? 'pass' : 'FAIL'}; acknowledged ${result.acknowledged}, lost ${result.lost}, double-counted ${result.doubleCounted}, unknown ${result.unknown} (${result.unknownCounted} counted)`,
+      );
+    }
+  } finally {
+    await stack.stop();
+  }
+  const table = resultsTable(results);
+  const notes = resultsNotes(results);
+  say(`\n${table}\n\n${notes}`);
+  const problems = results.flatMap((r) => r.problems.map((p) => `${r.name}: ${p}`));
+  for (const line of problems) say(`[chaos] problem: ${line.slice(0, 2000)}`);
+  const dir = join(REPO_ROOT, '.local', 'chaos');
+  await mkdir(dir, { recursive: true });
+  await writeFile(
+    join(dir, 'results.md'),
+    `${new Date().toISOString()} seed ${config.seed}\n\n${table}\n\n${notes}\n\n${problems.join('\n')}\n`,
+  );
+  if (problems.length === 0) await stack.remove();
+  else say(`[chaos] broker and PostgreSQL logs kept in ${stack.dir}`);
+  return problems.length === 0 ? 0 : 1;
+}
+
+process.exit(await main());

@@ -36,6 +36,7 @@ describe('readAggregatorConfig', () => {
       databaseQueryTimeoutMs: 15_000,
       shutdownGraceMs: 25_000,
       logLevel: 'info',
+      chaosPauseBeforeCommitMs: 0,
     });
   });
 
@@ -59,6 +60,7 @@ describe('readAggregatorConfig', () => {
       DATABASE_QUERY_TIMEOUT_SEC: '2.5',
       SHUTDOWN_GRACE_SEC: '5',
       LOG_LEVEL: 'warn',
+      CHAOS_PAUSE_BEFORE_COMMIT_MS: '250',
     });
     assert.deepEqual(config, {
       host: '127.0.0.1',
@@ -79,6 +81,7 @@ describe('readAggregatorConfig', () => {
       databaseQueryTimeoutMs: 2500,
       shutdownGraceMs: 5000,
       logLevel: 'warn',
+      chaosPauseBeforeCommitMs: 250,
     });
   });
 

@@ -6,9 +6,10 @@ SHELL := /bin/bash
 TSC := node_modules/.bin/tsc
 BIOME := node_modules/.bin/biome
 FILTER ?=
+SCENARIO ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install build typecheck lint up up-guard test clean clean-data
+.PHONY: help install build typecheck lint up up-guard test bench clean clean-data
 
 help: ## List the targets
 	@echo 'Usage: make <target>'
@@ -48,6 +49,10 @@ up-guard:
 
 test: install build lint ## Build, lint, then run all tests against a fresh broker and Postgres
 	node dist/deploy/local/run-tests.js $(FILTER)
+
+bench: install build ## Benchmarks with their baselines → bench/RESULTS.md (SCENARIO=name runs one)
+	INSTALL_BENCH_TOOLS=1 bash deploy/local/install.sh
+	node dist/bench/run-bench.js $(SCENARIO)
 
 clean: ## Remove dist/
 	rm -rf dist

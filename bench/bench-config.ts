@@ -1,0 +1,76 @@
+import { ConfigReader } from '../shared/config-reader.js';
+
+/** The scenarios of `make bench`, in the order a full run takes them. */
+export const SCENARIO_NAMES = [
+  'ingest-single',
+  'ingest-batch',
+  'aggregate-catchup',
+  'end-to-end',
+  'memory',
+] as const;
+export type ScenarioName = (typeof SCENARIO_NAMES)[number];
+
+/**
+ * How long and how hard each scenario runs. `full` is `make bench` (about 15 minutes on 2 cores);
+ * `smoke` is the seconds-long run `make test` does so that the harness cannot rot.
+ */
+export interface BenchConfig {
+  profile: 'full' | 'smoke';
+  scenarios: ScenarioName[];
+  /** Where `<scenario>.json` and RESULTS.md are written. */
+  resultsDir: string;
+  /** Runs of every target and baseline, alternating. */
+  runs: number;
+  /** Length of one HTTP load run. */
+  httpDurationSec: number;
+  /** autocannon connections (keep-alive) for single events. */
+  httpConnections: number;
+  /** autocannon connections for batches. */
+  batchConnections: number;
+  /** Events pre-filled into the catch-up topic. */
+  catchupEvents: number;
+  /** Longest one consumer run may take before it is cut and its rate taken so far. */
+  catchupCapSec: number;
+  /** Length of one end-to-end run at a fixed arrival rate. */
+  endToEndDurationSec: number;
+  /** Share of the measured ingest peak the end-to-end run offers. */
+  endToEndLoadShare: number;
+  /** Distinct users held in open windows for the memory scenario. */
+  memoryUsers: number;
+  /** The aggregator's FLUSH_INTERVAL_SEC in every scenario (its default). */
+  flushIntervalSec: number;
+}
+
+/** Reads the bench's environment once: BENCH_PROFILE, BENCH_RESULTS_DIR and the scenario list. */
+export function readBenchConfig(
+  env: NodeJS.ProcessEnv,
+  argv: readonly string[],
+  defaultResultsDir: string,
+): BenchConfig {
+  const r = new ConfigReader(env);
+  const profile = r.oneOf('BENCH_PROFILE', 'full', ['full', 'smoke']) as 'full' | 'smoke';
+  const resultsDir = r.string('BENCH_RESULTS_DIR', defaultResultsDir);
+  const requested = [...argv, ...r.list('SCENARIO', [])].flatMap((arg) => arg.split(','));
+  const scenarios: ScenarioName[] = [];
+  for (const name of requested.map((arg) => arg.trim()).filter((arg) => arg !== '')) {
+    if ((SCENARIO_NAMES as readonly string[]).includes(name)) scenarios.push(name as ScenarioName);
+    else r.problem(`unknown scenario ${JSON.stringify(name)}; known: ${SCENARIO_NAMES.join(', ')}`);
+  }
+  r.finish();
+  const smoke = profile === 'smoke';
+  return {
+    profile,
+    scenarios: scenarios.length > 0 ? scenarios : [...SCENARIO_NAMES],
+    resultsDir,
+    runs: smoke ? 1 : 3,
+    httpDurationSec: smoke ? 1 : 10,
+    httpConnections: smoke ? 10 : 64,
+    batchConnections: smoke ? 2 : 8,
+    catchupEvents: smoke ? 5_000 : 1_500_000,
+    catchupCapSec: smoke ? 15 : 30,
+    endToEndDurationSec: smoke ? 3 : 60,
+    endToEndLoadShare: 0.7,
+    memoryUsers: smoke ? 5_000 : 1_000_000,
+    flushIntervalSec: 2,
+  };
+}

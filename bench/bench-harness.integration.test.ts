@@ -1,0 +1,85 @@
+/**
+ * The benchmark harness cannot rot: `make test` runs it for seconds (BENCH_PROFILE=smoke) on two
+ * scenarios against the test run's broker and PostgreSQL, and checks that every contender got a
+ * positive figure, every ratio is a number, and the table was written. The figures themselves
+ * mean nothing at this size; `make bench` is the real run.
+ */
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { stackFromEnv } from '../shared/testing.js';
+import type { ResultFile } from './results-report.js';
+
+const RUN_BENCH = fileURLToPath(new URL('./run-bench.js', import.meta.url));
+const SCENARIOS = ['ingest-single', 'aggregate-catchup'];
+
+test('a smoke run of the bench writes sane results and the table', async () => {
+  const stack = stackFromEnv();
+  const dir = await mkdtemp(join(tmpdir(), 'bench-smoke-'));
+  try {
+    const env: NodeJS.ProcessEnv = {
+      ...process.env,
+      KAFKA_BROKERS: stack.kafkaBrokers,
+      DATABASE_URL: stack.databaseUrl,
+      BENCH_PROFILE: 'smoke',
+      BENCH_RESULTS_DIR: dir,
+    };
+    delete env.NODE_TEST_CONTEXT;
+    let output = '';
+    const child = spawn(process.execPath, [RUN_BENCH, ...SCENARIOS], {
+      env,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    child.stdout.on('data', (chunk: Buffer) => {
+      output += chunk.toString('utf8');
+    });
+    child.stderr.on('data', (chunk: Buffer) => {
+      output += chunk.toString('utf8');
+    });
+    const code = await new Promise<number | null>((resolve) => {
+      const timer = setTimeout(() => child.kill('SIGKILL'), 180_000);
+      child.once('exit', (exitCode) => {
+        clearTimeout(timer);
+        resolve(exitCode);
+      });
+    });
+    assert.equal(code, 0, `run-bench exited with ${code}:\n${output.slice(-4000)}`);
+    assert.match(output, /\[bench\] ingest-single: done/, 'progress is shown while it runs');
+
+    for (const scenario of SCENARIOS) {
+      const file = JSON.parse(await readFile(join(dir, `${scenario}.json`), 'utf8')) as ResultFile;
+      assert.equal(file.result.scenario, scenario);
+      assert.ok(file.machine.cores >= 1 && file.machine.node.startsWith('v'));
+      assert.ok(file.result.contenders.length >= 3, `${scenario}: target and baselines`);
+      for (const contender of file.result.contenders) {
+        assert.ok(
+          contender.throughput.median > 0 && Number.isFinite(contender.throughput.median),
+          `${scenario}/${contender.name}: positive throughput, got ${contender.throughput.median}`,
+        );
+        assert.equal(contender.throughput.runs.length, 1);
+      }
+      assert.ok(file.result.ratios.length >= 1);
+      for (const ratio of file.result.ratios) {
+        assert.ok(
+          ratio.value > 0 && Number.isFinite(ratio.value),
+          `${ratio.name} = ${ratio.value}`,
+        );
+      }
+    }
+    const single = JSON.parse(
+      await readFile(join(dir, 'ingest-single.json'), 'utf8'),
+    ) as ResultFile;
+    for (const contender of single.result.contenders) {
+      assert.ok((contender.generatorCpuPct?.median ?? 0) > 0, 'the generator CPU is reported');
+    }
+    const table = await readFile(join(dir, 'RESULTS.md'), 'utf8');
+    for (const scenario of SCENARIOS) assert.match(table, new RegExp(`## ${scenario}`));
+    assert.match(table, /\| ingest-single \| .* \| (met|\*\*missed\*\*) \|/);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});

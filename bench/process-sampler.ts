@@ -1,0 +1,99 @@
+/**
+ * CPU and memory of processes, read from /proc: the bench reports the CPU of the process under
+ * test and of the load generator for every run, so a run where the generator (not the target)
+ * was the bottleneck is visible.
+ */
+import { readFileSync } from 'node:fs';
+
+/** Clock ticks per second of /proc's utime/stime (USER_HZ: 100 on every Linux we run on). */
+const TICKS_PER_SEC = 100;
+
+/** User + system CPU seconds of `pid`, all threads included; undefined once it is gone. */
+export function cpuSeconds(pid: number): number | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    // Fields 14 and 15 of stat(5), counted from the state field (3) here.
+    return (Number(fields[11]) + Number(fields[12])) / TICKS_PER_SEC;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Resident set size of `pid` in bytes (VmRSS), undefined once it is gone. */
+export function rssBytes(pid: number): number | undefined {
+  try {
+    const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+    const kb = /^VmRSS:\s+(\d+) kB/m.exec(status)?.[1];
+    return kb === undefined ? undefined : Number(kb) * 1024;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Busy and total jiffies of the whole machine (all cores), from /proc/stat. */
+function machineTicks(): { busy: number; total: number } {
+  const line = readFileSync('/proc/stat', 'utf8').split('\n')[0] ?? '';
+  const values = line.trim().split(/\s+/).slice(1).map(Number);
+  const total = values.reduce((sum, v) => sum + v, 0);
+  // idle + iowait are not busy.
+  const idle = (values[3] ?? 0) + (values[4] ?? 0);
+  return { busy: total - idle, total };
+}
+
+/** CPU use over an interval, as percent of one core (a 2-core machine tops out at 200). */
+export interface CpuUse {
+  /** Per watched pid. */
+  byPid: Map<number, number>;
+  /** This process (the bench harness, which is the load generator when autocannon runs). */
+  self: number;
+  /** Every process on the machine: broker, Postgres, services, generator. */
+  machine: number;
+}
+
+/** Starts measuring; `stop()` returns the CPU used since, in percent of one core. */
+export function startCpuMeter(pids: readonly number[]): { stop(): CpuUse } {
+  const startedAt = performance.now();
+  const before = new Map(pids.map((pid) => [pid, cpuSeconds(pid) ?? 0]));
+  const selfBefore = process.cpuUsage();
+  const machineBefore = machineTicks();
+  const cores = navigatorCores();
+  // A process that exits before stop() takes its /proc entry with it: keep the last sample.
+  const latest = new Map(before);
+  const sample = (): void => {
+    for (const pid of pids) {
+      const now = cpuSeconds(pid);
+      if (now !== undefined) latest.set(pid, now);
+    }
+  };
+  const timer = setInterval(sample, 100);
+  timer.unref();
+  return {
+    stop(): CpuUse {
+      clearInterval(timer);
+      sample();
+      const wallSec = (performance.now() - startedAt) / 1000;
+      const byPid = new Map<number, number>();
+      for (const pid of pids) {
+        const used = (latest.get(pid) ?? 0) - (before.get(pid) ?? 0);
+        byPid.set(pid, (used / wallSec) * 100);
+      }
+      const self = process.cpuUsage(selfBefore);
+      const machineAfter = machineTicks();
+      const totalTicks = machineAfter.total - machineBefore.total;
+      return {
+        byPid,
+        self: ((self.user + self.system) / 1e6 / wallSec) * 100,
+        machine:
+          totalTicks === 0
+            ? 0
+            : ((machineAfter.busy - machineBefore.busy) / totalTicks) * 100 * cores,
+      };
+    },
+  };
+}
+
+function navigatorCores(): number {
+  const cpus = readFileSync('/proc/stat', 'utf8').match(/^cpu\d+ /gm);
+  return cpus?.length ?? 1;
+}

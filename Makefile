@@ -7,9 +7,10 @@ TSC := node_modules/.bin/tsc
 BIOME := node_modules/.bin/biome
 FILTER ?=
 SCENARIO ?=
+CYCLES ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install build typecheck lint up up-guard test bench clean clean-data
+.PHONY: help install build typecheck lint up up-guard test bench chaos clean clean-data
 
 help: ## List the targets
 	@echo 'Usage: make <target>'
@@ -53,6 +54,9 @@ test: install build lint ## Build, lint, then run all tests against a fresh brok
 bench: install build ## Benchmarks with their baselines → bench/RESULTS.md (SCENARIO=name runs one)
 	INSTALL_BENCH_TOOLS=1 bash deploy/local/install.sh
 	node dist/bench/run-bench.js $(SCENARIO)
+
+chaos: install build ## Fault injection with an oracle → docs/RELIABILITY.md table (SCENARIO=name CYCLES=n)
+	SCENARIO='$(SCENARIO)' CYCLES='$(CYCLES)' node dist/chaos/run-chaos.js
 
 clean: ## Remove dist/
 	rm -rf dist

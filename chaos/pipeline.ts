@@ -96,6 +96,8 @@ export class ChaosPipeline {
       batchSize: this.options.load?.batchSize ?? 20,
       users: this.options.load?.users ?? 2_000,
       requestTimeoutMs: 12_000,
+      // An outage holds each request up to ACK_TIMEOUT_SEC: room for all of them at this rate.
+      maxInFlight: 256,
       ...(this.options.load?.timestamp === undefined
         ? {}
         : { timestamp: this.options.load.timestamp }),

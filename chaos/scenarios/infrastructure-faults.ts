@@ -69,8 +69,8 @@ export const brokerKill: Scenario = {
     await context.stack.killBroker();
     const downAt = Date.now();
     const outage = watchOutage(context, downAt);
-    // Long enough for ingest's deadline to pass with the broker gone.
-    await sleep(ACK_TIMEOUT_MS + 1_000);
+    // Long enough for requests sent after the kill to meet ingest's deadline with the broker gone.
+    await sleep(ACK_TIMEOUT_MS + 4_000);
     const restartAt = Date.now();
     await context.stack.startBroker();
     outage().upAt(restartAt);

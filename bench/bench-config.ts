@@ -39,9 +39,15 @@ export interface BenchConfig {
   memoryUsers: number;
   /** The aggregator's FLUSH_INTERVAL_SEC in every scenario (its default). */
   flushIntervalSec: number;
+  /** The commit the measured code was exported from, when the bench runs outside a checkout. */
+  sourceCommit: string | undefined;
 }
 
-/** Reads the bench's environment once: BENCH_PROFILE, BENCH_RESULTS_DIR and the scenario list. */
+/**
+ * Reads the bench's environment once: BENCH_PROFILE, BENCH_RESULTS_DIR, the scenario list
+ * (arguments or SCENARIO), and for trials BENCH_RUNS, BENCH_CATCHUP_EVENTS, BENCH_MEMORY_USERS; BENCH_SOURCE_COMMIT names the commit
+ * of a tree exported with `git archive` (no .git to ask).
+ */
 export function readBenchConfig(
   env: NodeJS.ProcessEnv,
   argv: readonly string[],
@@ -56,21 +62,32 @@ export function readBenchConfig(
     if ((SCENARIO_NAMES as readonly string[]).includes(name)) scenarios.push(name as ScenarioName);
     else r.problem(`unknown scenario ${JSON.stringify(name)}; known: ${SCENARIO_NAMES.join(', ')}`);
   }
-  r.finish();
   const smoke = profile === 'smoke';
+  const catchupEvents = r.int('BENCH_CATCHUP_EVENTS', smoke ? 5_000 : 2_000_000, {
+    min: 1000,
+    max: 100_000_000,
+  });
+  const memoryUsers = r.int('BENCH_MEMORY_USERS', smoke ? 5_000 : 1_000_000, {
+    min: 1000,
+    max: 100_000_000,
+  });
+  const sourceCommit = r.optionalString('BENCH_SOURCE_COMMIT');
+  const runs = r.int('BENCH_RUNS', smoke ? 1 : 3, { min: 1, max: 20 });
+  r.finish();
   return {
     profile,
     scenarios: scenarios.length > 0 ? scenarios : [...SCENARIO_NAMES],
     resultsDir,
-    runs: smoke ? 1 : 3,
+    runs,
     httpDurationSec: smoke ? 1 : 10,
     httpConnections: smoke ? 10 : 64,
     batchConnections: smoke ? 2 : 8,
-    catchupEvents: smoke ? 5_000 : 1_500_000,
+    catchupEvents,
     catchupCapSec: smoke ? 15 : 30,
     endToEndDurationSec: smoke ? 3 : 60,
     endToEndLoadShare: 0.7,
-    memoryUsers: smoke ? 5_000 : 1_000_000,
+    memoryUsers,
     flushIntervalSec: 2,
+    sourceCommit,
   };
 }

@@ -52,6 +52,8 @@ export interface MachineInfo {
   postgres: string;
   packages: Record<string, string>;
   gitCommit: string;
+  /** Files of ingest/, aggregator/ or shared/ that differed from the commit when the bench built. */
+  uncommittedServiceFiles?: string[];
   profile: string;
 }
 

@@ -56,7 +56,7 @@ export function batchBodies(count: number, batchSize: number, users = 100_000): 
 /**
  * `count` validated events as ingest would produce them, event times spread evenly over
  * `spanMs` ending at `endMs`, in order (so none is late). `distinct: true` gives every event its
- * own user (the memory scenario).
+ * own user (the memory scenario). Each event has an `event_id`.
  */
 export function producedEvents(options: {
   count: number;
@@ -72,5 +72,7 @@ export function producedEvents(options: {
     user_id: options.distinct === true ? `user-${i}` : userId(random, users),
     activity_type: activityType(random),
     timestamp: Math.floor(startMs + (i / options.count) * options.spanMs),
+    // Every event carries an id, as the README asks clients to send (ingest-sized: ~18 chars).
+    event_id: `bench${SEED.toString(36)}x.${i.toString(36)}`,
   }));
 }

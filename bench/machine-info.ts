@@ -21,6 +21,7 @@ export async function machineInfo(options: {
   databaseUrl: string;
   kafkaVersion: string | undefined;
   profile: string;
+  sourceCommit: string | undefined;
 }): Promise<MachineInfo> {
   const packages: Record<string, string> = {};
   for (const name of PACKAGES) {
@@ -51,6 +52,22 @@ export async function machineInfo(options: {
     cwd: options.repoRoot,
     encoding: 'utf8',
   });
+  // Figures belong to the code that was built: say when the tree differed from the commit.
+  const dirty = spawnSync(
+    'git',
+    ['status', '--porcelain', '--untracked-files=no', '--', 'ingest', 'aggregator', 'shared'],
+    {
+      cwd: options.repoRoot,
+      encoding: 'utf8',
+    },
+  );
+  const changed =
+    dirty.status === 0
+      ? dirty.stdout
+          .split('\n')
+          .filter((line) => line.trim() !== '')
+          .map((line) => line.slice(3))
+      : [];
   return {
     date: new Date().toISOString(),
     host: hostname(),
@@ -62,7 +79,8 @@ export async function machineInfo(options: {
     kafka: options.kafkaVersion ?? 'external (KAFKA_BROKERS)',
     postgres,
     packages,
-    gitCommit: git.status === 0 ? git.stdout.trim() : 'unknown',
+    gitCommit: options.sourceCommit ?? (git.status === 0 ? git.stdout.trim() : 'unknown'),
+    uncommittedServiceFiles: changed,
     profile: options.profile,
   };
 }

@@ -70,7 +70,11 @@ export function renderMarkdown(files: readonly ResultFile[]): string {
         machine.packages,
       )
         .map(([name, version]) => `${name} ${version}`)
-        .join(', ')}`,
+        .join(', ')}${
+        (machine.uncommittedServiceFiles ?? []).length > 0
+          ? `; built with uncommitted changes to ${machine.uncommittedServiceFiles?.join(', ')}`
+          : ''
+      }`,
     );
   }
   lines.push('');

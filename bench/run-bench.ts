@@ -8,7 +8,7 @@
  */
 import { spawnSync } from 'node:child_process';
 import { mkdir } from 'node:fs/promises';
-import { join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { type LocalStack, REPO_ROOT, startLocalStack } from '../deploy/local/stack.js';
 import { loadConfigOrExit } from '../shared/config-reader.js';
 import { readBenchConfig, type ScenarioName } from './bench-config.js';
@@ -34,9 +34,10 @@ const defaultResultsDir = join(REPO_ROOT, 'bench', 'results');
 const config = loadConfigOrExit(() =>
   readBenchConfig(process.env, process.argv.slice(2), defaultResultsDir),
 );
+// bench/results/ → bench/RESULTS.md; any other directory holds its own RESULTS.md.
 const markdownPath =
-  config.resultsDir === defaultResultsDir
-    ? join(REPO_ROOT, 'bench', 'RESULTS.md')
+  basename(config.resultsDir) === 'results'
+    ? join(dirname(config.resultsDir), 'RESULTS.md')
     : join(config.resultsDir, 'RESULTS.md');
 const log = (line: string): void => {
   process.stdout.write(`${line}\n`);
@@ -70,6 +71,7 @@ async function main(): Promise<number> {
       databaseUrl: stack.databaseUrl,
       kafkaVersion: stack.kafkaVersion,
       profile: config.profile,
+      sourceCommit: config.sourceCommit,
     });
     const context: BenchContext = {
       config,

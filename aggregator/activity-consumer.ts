@@ -26,7 +26,7 @@ export interface ActivityConsumerOptions {
   batchSize: number;
   /** Batches of different partitions aggregated at once (one per worker). */
   concurrency: number;
-  /** Consumption pauses while open windows hold more user ids than this. */
+  /** Consumption pauses while open windows hold more user ids and event ids than this. */
   maxHeldUserIds: number;
 }
 
@@ -125,7 +125,7 @@ export class ActivityConsumer {
       this.metrics.partitionLag.set({ partition: String(batch.partition) }, lag);
       this.aggregation.noteBacklog(batch.partition, lag);
     }
-    if (this.aggregation.heldUsers > this.options.maxHeldUserIds) this.pause('memory');
+    if (this.aggregation.heldIds > this.options.maxHeldUserIds) this.pause('memory');
     if (this.aggregation.pendingRecords >= this.options.batchSize) {
       await this.flush().catch(() => {});
     }
@@ -160,7 +160,7 @@ export class ActivityConsumer {
     if (!this.writesOk) this.logger.info('flush succeeded again; resuming consumption');
     this.writesOk = true;
     this.resume('database');
-    if (this.aggregation.heldUsers <= this.options.maxHeldUserIds * 0.9) this.resume('memory');
+    if (this.aggregation.heldIds <= this.options.maxHeldUserIds * 0.9) this.resume('memory');
     if (reflected.size === 0) return;
     // Lag monitoring only: positions on assignment come from PostgreSQL.
     await this.consumer

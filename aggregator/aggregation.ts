@@ -51,11 +51,11 @@ export class Aggregation {
     return this.recordsSinceFlush;
   }
 
-  /** User ids held across every partition's open windows. */
-  get heldUsers(): number {
-    let users = 0;
-    for (const windows of this.partitions.values()) users += windows.heldUsers;
-    return users;
+  /** User ids and event ids held across every partition's open windows: the memory bound. */
+  get heldIds(): number {
+    let ids = 0;
+    for (const windows of this.partitions.values()) ids += windows.heldUsers + windows.heldEventIds;
+    return ids;
   }
 
   /** Starts tracking a newly assigned partition from its checkpoint in PostgreSQL. */
@@ -127,12 +127,13 @@ export class Aggregation {
     // The partition may have been revoked while the worker ran: its state is gone, drop the batch.
     if (this.partitions.get(partition) !== windows) return;
     const last = records[records.length - 1] as ConsumedRecord;
-    windows.merge(result, last.offset);
+    const duplicates = result.duplicates + windows.merge(result, last.offset);
     this.newestReceiveMs.set(partition, last.timestampMs);
     this.recordsSinceFlush += records.length;
     this.metrics.recordsConsumed.inc(records.length);
     this.metrics.batchSize.observe(records.length);
     this.metrics.replaySkipped.inc(result.skipped);
+    this.metrics.duplicates.inc(duplicates);
   }
 
   /** Lets wall-clock time finalize the windows of partitions that stopped receiving records. */
@@ -203,12 +204,15 @@ export class Aggregation {
   private updateGauges(): void {
     let open = 0;
     let users = 0;
+    let eventIds = 0;
     for (const windows of this.partitions.values()) {
       open += windows.openWindows;
       users += windows.heldUsers;
+      eventIds += windows.heldEventIds;
     }
     this.metrics.openWindows.set(open);
     this.metrics.heldUsers.set(users);
+    this.metrics.heldEventIds.set(eventIds);
     this.metrics.assignedPartitions.set(this.partitions.size);
   }
 }

@@ -72,10 +72,17 @@ function batch(recs: readonly RawRecord[], state: Partial<BatchInput> = {}): Bat
   };
 }
 
-/** Partials sorted by window start, users sorted: comparable with deepEqual. */
+/**
+ * Partials sorted by window start, users sorted: comparable with deepEqual. The per-event lists
+ * of identified events are left out when empty (most tests send events without `event_id`).
+ */
 function partials(result: BatchResult) {
   return result.windows
-    .map((w) => ({ ...w, users: [...w.users].sort() }))
+    .map(({ eventIds, eventIdUsers, eventIdPageViews, ...w }) => ({
+      ...w,
+      users: [...w.users].sort(),
+      ...(eventIds.length === 0 ? {} : { eventIds, eventIdUsers, eventIdPageViews }),
+    }))
     .sort((a, b) => a.start - b.start);
 }
 
@@ -180,7 +187,90 @@ describe('aggregateBatch: figures per window', () => {
 
   test('an empty batch changes nothing', () => {
     const result = aggregateBatch(batch([], { watermarkIn: T0 }));
-    assert.deepEqual(result, { windows: [], watermarkOut: T0, invalid: [], late: [], skipped: 0 });
+    assert.deepEqual(result, {
+      windows: [],
+      watermarkOut: T0,
+      invalid: [],
+      late: [],
+      skipped: 0,
+      duplicates: 0,
+    });
+  });
+});
+
+describe('aggregateBatch: events with an event_id', () => {
+  const identified = (user: string, timestamp: number, id: string, type = 'click'): object => ({
+    user_id: user,
+    activity_type: type,
+    timestamp,
+    event_id: id,
+  });
+
+  test('identified events are listed one by one, in offset order, with their user and kind', () => {
+    const result = aggregateBatch(
+      batch(
+        records([
+          identified('a', T0, 'e1', PAGE_VIEW),
+          event('b', T0 + 1),
+          identified('c', T0 + 2, 'e2'),
+          identified('a', T1, 'e3', PAGE_VIEW),
+        ]),
+      ),
+    );
+    assert.deepEqual(partials(result), [
+      {
+        start: T0,
+        users: ['b'],
+        events: 1,
+        pageViews: 0,
+        firstOffset: 0,
+        eventIds: ['e1', 'e2'],
+        eventIdUsers: ['a', 'c'],
+        eventIdPageViews: [1, 0],
+      },
+      {
+        start: T1,
+        users: [],
+        events: 0,
+        pageViews: 0,
+        firstOffset: 3,
+        eventIds: ['e3'],
+        eventIdUsers: ['a'],
+        eventIdPageViews: [1],
+      },
+    ]);
+    assert.equal(result.duplicates, 0);
+  });
+
+  test('a repeated event_id in the same window of a batch is skipped: the first one counts', () => {
+    const result = aggregateBatch(
+      batch(
+        records([
+          identified('a', T0, 'e1', PAGE_VIEW),
+          identified('a', T0, 'e1', PAGE_VIEW), // a producer retry: the same bytes
+          identified('z', T0 + 5, 'e1', 'click'), // a reused id: still the first one counts
+          identified('a', T1, 'e1', PAGE_VIEW), // another window: counted there
+        ]),
+      ),
+    );
+    assert.equal(result.duplicates, 2);
+    assert.deepEqual(
+      partials(result).map((w) => [w.start, w.eventIds, w.eventIdUsers, w.eventIdPageViews]),
+      [
+        [T0, ['e1'], ['a'], [1]],
+        [T1, ['e1'], ['a'], [1]],
+      ],
+    );
+  });
+
+  test('a repeated event for a final window is late, not a duplicate', () => {
+    const result = aggregateBatch(
+      batch(records([identified('a', T0, 'e1'), identified('a', T0, 'e1')]), {
+        finalThrough: T0,
+      }),
+    );
+    assert.deepEqual(result.late, [0, 1]);
+    assert.equal(result.duplicates, 0);
   });
 });
 
@@ -573,12 +663,17 @@ function randomStream(seed: number, length: number): RawRecord[] {
       else if (disorder < 0.3) timestamp = clock - int(6 * P_WINDOW_MS);
       const user = users[int(users.length)] as string | number;
       const type = rand() < 0.4 ? PAGE_VIEW : rand() < 0.5 ? 'click' : 'signup';
-      value = bytes(
+      const shaped =
         rand() < 0.1
           ? event(user, new Date(timestamp).toISOString(), type)
-          : event(user, timestamp, type),
-      );
+          : event(user, timestamp, type);
+      // Half the events carry an id from a small pool, so that ids repeat: within a window
+      // (counted once) and across windows (counted in each).
+      value = bytes(rand() < 0.5 ? { ...shaped, event_id: `e${int(40)}` } : shaped);
     }
+    // Now and then a record comes again, byte for byte: a producer retry.
+    const previous = out[out.length - 1 - int(8)];
+    if (previous !== undefined && rand() < 0.05) value = previous.value;
     out.push({ offset, timestampMs: NOW, value });
   }
   return out;
@@ -613,7 +708,7 @@ function specification(stream: readonly RawRecord[]) {
   let watermark = Number.NEGATIVE_INFINITY;
   const windows = new Map<
     number,
-    { users: Set<string>; events: number; pv: number; first: number }
+    { users: Set<string>; ids: Set<string>; events: number; pv: number; first: number }
   >();
   const late: number[] = [];
   const invalid: Array<[number, string]> = [];
@@ -640,15 +735,26 @@ function specification(stream: readonly RawRecord[]) {
       invalid.push([record.offset, outcome.code]);
       continue;
     }
-    const { timestamp, user_id, activity_type } = outcome.event;
+    const { timestamp, user_id, activity_type, event_id } = outcome.event;
     const start = timestamp - (timestamp % P_WINDOW_MS);
     if (watermark >= start + P_WINDOW_MS + P_LATENESS_MS) {
       late.push(record.offset);
       continue;
     }
     watermark = Math.max(watermark, timestamp);
-    const w = windows.get(start) ?? { users: new Set(), events: 0, pv: 0, first: record.offset };
+    const w = windows.get(start) ?? {
+      users: new Set(),
+      ids: new Set(),
+      events: 0,
+      pv: 0,
+      first: record.offset,
+    };
     windows.set(start, w);
+    // An event whose id its window has counted already is not counted again.
+    if (event_id !== undefined) {
+      if (w.ids.has(event_id)) continue;
+      w.ids.add(event_id);
+    }
     w.users.add(user_id);
     w.events++;
     if (activity_type === PAGE_VIEW) w.pv++;

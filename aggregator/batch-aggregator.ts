@@ -37,13 +37,29 @@ export interface BatchInput {
   replayWindows: Float64Array;
 }
 
-/** The partial figures of one window from one batch. */
+/**
+ * The partial figures of one window from one batch.
+ *
+ * Events that carry an `event_id` (ingest gives one to every event a client sends without) are
+ * listed one by one, in offset order and without repeats within the batch, so that the main
+ * thread can skip those its window already counted in an earlier batch: a producer retry or a
+ * client resend can put the same event in the topic twice. Only events without an id are folded
+ * into `users`, `events` and `pageViews` here.
+ */
 export interface WindowPartial {
   start: number;
+  /** Users of the events without an `event_id`. */
   users: string[];
+  /** Events without an `event_id`, and how many of them were page views. */
   events: number;
   pageViews: number;
   firstOffset: number;
+  /** The `event_id`s of this window's identified events, first occurrence in the batch only. */
+  eventIds: string[];
+  /** The user of each of `eventIds`. */
+  eventIdUsers: string[];
+  /** 1 where the event of `eventIds` at the same index is a page view, else 0. */
+  eventIdPageViews: number[];
 }
 
 export interface BatchResult {
@@ -55,6 +71,8 @@ export interface BatchResult {
   late: number[];
   /** Replayed records that were not counted again (already in final rows, or late or invalid before). */
   skipped: number;
+  /** Events whose `event_id` appeared earlier in the same window of this batch: not counted again. */
+  duplicates: number;
 }
 
 const decoder = new TextDecoder('utf-8', { fatal: true });
@@ -64,11 +82,15 @@ export function windowStartOf(timestampMs: number, windowMs: number): number {
 }
 
 export function aggregateBatch(input: BatchInput): BatchResult {
-  const windows = new Map<number, { users: Set<string>; partial: WindowPartial }>();
+  const windows = new Map<
+    number,
+    { users: Set<string>; eventIds: Set<string>; partial: WindowPartial }
+  >();
   const replayWindows = new Set(input.replayWindows);
   const invalid: BatchResult['invalid'] = [];
   const late: number[] = [];
   let skipped = 0;
+  let duplicates = 0;
   let watermark = input.watermarkIn;
   let start = 0;
 
@@ -111,13 +133,34 @@ export function aggregateBatch(input: BatchInput): BatchResult {
     if (window === undefined) {
       window = {
         users: new Set(),
-        partial: { start: windowStart, users: [], events: 0, pageViews: 0, firstOffset: offset },
+        eventIds: new Set(),
+        partial: {
+          start: windowStart,
+          users: [],
+          events: 0,
+          pageViews: 0,
+          firstOffset: offset,
+          eventIds: [],
+          eventIdUsers: [],
+          eventIdPageViews: [],
+        },
       };
       windows.set(windowStart, window);
     }
-    window.users.add(event.user_id);
-    window.partial.events++;
-    if (event.activity_type === PAGE_VIEW) window.partial.pageViews++;
+    const pageView = event.activity_type === PAGE_VIEW;
+    const { partial } = window;
+    if (event.event_id === undefined) {
+      window.users.add(event.user_id);
+      partial.events++;
+      if (pageView) partial.pageViews++;
+    } else if (window.eventIds.has(event.event_id)) {
+      duplicates++;
+    } else {
+      window.eventIds.add(event.event_id);
+      partial.eventIds.push(event.event_id);
+      partial.eventIdUsers.push(event.user_id);
+      partial.eventIdPageViews.push(pageView ? 1 : 0);
+    }
   }
 
   const partials: WindowPartial[] = [];
@@ -125,7 +168,7 @@ export function aggregateBatch(input: BatchInput): BatchResult {
     partial.users = [...users];
     partials.push(partial);
   }
-  return { windows: partials, watermarkOut: watermark, invalid, late, skipped };
+  return { windows: partials, watermarkOut: watermark, invalid, late, skipped, duplicates };
 }
 
 /**

@@ -50,12 +50,17 @@ export function createAggregatorMetrics(registry: Registry) {
     }),
     heldUsers: new Gauge({
       name: 'aggregator_held_user_ids',
-      help: 'User ids held in open windows (bounded by MAX_HELD_USER_IDS).',
+      help: 'User ids held in open windows (with the event ids, bounded by MAX_HELD_USER_IDS).',
+      registers,
+    }),
+    heldEventIds: new Gauge({
+      name: 'aggregator_held_event_ids',
+      help: 'Event ids held in open windows to skip repeated events (with the user ids, bounded by MAX_HELD_USER_IDS).',
       registers,
     }),
     heldUsersLimit: new Gauge({
       name: 'aggregator_held_user_ids_limit',
-      help: 'MAX_HELD_USER_IDS: consumption pauses above it.',
+      help: 'MAX_HELD_USER_IDS: consumption pauses while user ids and event ids held exceed it.',
       registers,
     }),
     workerTaskDuration: new Histogram({
@@ -72,6 +77,11 @@ export function createAggregatorMetrics(registry: Registry) {
     replaySkipped: new Counter({
       name: 'aggregator_replay_skipped_total',
       help: 'Replayed records not counted again after an assignment (already reflected).',
+      registers,
+    }),
+    duplicates: new Counter({
+      name: 'aggregator_records_duplicate_total',
+      help: 'Events not counted because their window had counted their event_id already (a producer retry or a client resend).',
       registers,
     }),
     redelivered: new Counter({

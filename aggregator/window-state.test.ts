@@ -37,7 +37,14 @@ function applyEvent(
 /** Records that `offset` was consumed without counting anything (an invalid record). */
 function advance(state: PartitionWindows, offset: number): void {
   state.merge(
-    { windows: [], watermarkOut: Number.NEGATIVE_INFINITY, invalid: [], late: [], skipped: 0 },
+    {
+      windows: [],
+      watermarkOut: Number.NEGATIVE_INFINITY,
+      invalid: [],
+      late: [],
+      skipped: 0,
+      duplicates: 0,
+    },
     offset,
   );
 }
@@ -223,6 +230,50 @@ describe('PartitionWindows: finality and late events', () => {
     // A late event far in the past, then one just inside T1's lateness: still counted.
     applyEvent(state, click('c', T0 - 10 * WINDOW_MS), 2);
     assert.equal(applyEvent(state, click('d', T1), 3), 'counted');
+  });
+});
+
+describe('PartitionWindows: events with an event_id', () => {
+  /** One batch of `events` at consecutive offsets from `first`; returns what merge skipped. */
+  function mergeBatch(state: PartitionWindows, events: object[], first: number): number {
+    const packed = packRecords(
+      events.map((event, i) => ({
+        offset: first + i,
+        timestampMs: T0,
+        value: Buffer.from(JSON.stringify(event)),
+      })),
+    );
+    const result = aggregateBatch(state.batchInput(packed));
+    assert.deepEqual(result.invalid, []);
+    return state.merge(result, first + events.length - 1);
+  }
+
+  test('an event_id counted in an earlier batch is not counted again in its window', () => {
+    const state = windows();
+    const e1 = { ...click('a', T0, 'page_view'), event_id: 'e1' };
+    assert.equal(mergeBatch(state, [e1, click('b', T0 + 1)], 0), 0);
+    // The same event again (a producer retry or a client resend), then a new one from a new user.
+    assert.equal(mergeBatch(state, [e1, { ...click('c', T0 + 2), event_id: 'e2' }], 2), 1);
+    const row = onlyRow(state, T0);
+    assert.deepEqual([row.uniqueUsers, row.events, row.pageViews, row.throughOffset], [3, 3, 1, 3]);
+    assert.equal(state.heldEventIds, 2);
+    assert.equal(state.heldUsers, 3);
+  });
+
+  test('the same event_id in another window is another event', () => {
+    const state = windows();
+    mergeBatch(state, [{ ...click('a', T0), event_id: 'e1' }], 0);
+    assert.equal(mergeBatch(state, [{ ...click('a', T1), event_id: 'e1' }], 1), 0);
+    assert.equal(onlyRow(state, T0).events, 1);
+    assert.equal(onlyRow(state, T1).events, 1);
+  });
+
+  test('a window dropped after its final row takes its event ids with it', () => {
+    const state = windows();
+    mergeBatch(state, [{ ...click('a', T0), event_id: 'e1' }], 0);
+    mergeBatch(state, [{ ...click('b', T2), event_id: 'e2' }], 1);
+    flush(state);
+    assert.equal(state.heldEventIds, 1, 'only the open window T2 keeps its ids');
   });
 });
 

@@ -21,6 +21,8 @@ export interface WindowRow {
 
 interface WindowAggregate {
   users: Set<string>;
+  /** The `event_id`s counted in this window: an event seen again is not counted twice. */
+  eventIds: Set<string>;
   events: number;
   pageViews: number;
   firstOffset: number;
@@ -103,6 +105,13 @@ export class PartitionWindows {
     return total;
   }
 
+  /** Event ids held across this partition's windows (for de-duplication). */
+  get heldEventIds(): number {
+    let total = 0;
+    for (const window of this.windows.values()) total += window.eventIds.size;
+    return total;
+  }
+
   /** The worker input for a batch of this partition: its records plus the state they need. */
   batchInput(packed: PackedRecords): BatchInput {
     return {
@@ -117,13 +126,19 @@ export class PartitionWindows {
     };
   }
 
-  /** Merges a batch's partial figures; the partition is now consumed through `lastOffset`. */
-  merge(result: BatchResult, lastOffset: number): void {
+  /**
+   * Merges a batch's partial figures; the partition is now consumed through `lastOffset`.
+   * Returns how many identified events were skipped because their window had counted their
+   * `event_id` already (in an earlier batch; the worker skips repeats within its batch).
+   */
+  merge(result: BatchResult, lastOffset: number): number {
+    let duplicates = 0;
     for (const partial of result.windows) {
       let window = this.windows.get(partial.start);
       if (window === undefined) {
         window = {
           users: new Set(partial.users),
+          eventIds: new Set(),
           events: 0,
           pageViews: 0,
           firstOffset: partial.firstOffset,
@@ -137,6 +152,17 @@ export class PartitionWindows {
       }
       window.events += partial.events;
       window.pageViews += partial.pageViews;
+      for (let i = 0; i < partial.eventIds.length; i++) {
+        const eventId = partial.eventIds[i] as string;
+        if (window.eventIds.has(eventId)) {
+          duplicates++;
+          continue;
+        }
+        window.eventIds.add(eventId);
+        window.users.add(partial.eventIdUsers[i] as string);
+        window.events++;
+        window.pageViews += partial.eventIdPageViews[i] as number;
+      }
       window.dirty = true;
     }
     if (lastOffset > this.consumedThrough) this.consumedThrough = lastOffset;
@@ -150,6 +176,7 @@ export class PartitionWindows {
         (start) => this.currentWatermark >= this.endOf(start) + this.allowedLatenessMs,
       );
     }
+    return duplicates;
   }
 
   /** Records left to read behind the newest batch (its high watermark minus its last offset). */

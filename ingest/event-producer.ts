@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import kafkaJavascript from '@confluentinc/kafka-javascript';
 import { PipelineError } from '../shared/errors.js';
 import { type ActivityEvent, encodeEvent } from '../shared/event-schema.js';
@@ -22,11 +23,19 @@ export interface EventProducerOptions {
  *
  * Messages are keyed by `user_id`, so one user always lands in the same partition: the
  * aggregator's per-partition unique-user counts add up exactly because of it.
+ *
+ * Every produced event carries an `event_id`: the client's, or one assigned here. Even an
+ * idempotent producer can write a message twice (librdkafka bumps the producer epoch after a
+ * timeout, and re-sends what may already be stored under the new epoch); the copy is the same
+ * bytes, id included, and the aggregator counts an id once per window.
  */
 export class EventProducer {
   private readonly producer: Producer;
   private inFlightEvents = 0;
   private ready = false;
+  /** Assigned ids: unique to this process (random prefix), then a counter. */
+  private readonly eventIdPrefix = `${randomBytes(9).toString('base64url')}.`;
+  private eventIdSequence = 0;
 
   constructor(
     private readonly kafka: Kafka,
@@ -111,7 +120,9 @@ export class EventProducer {
             messages: [
               {
                 key: event.user_id,
-                value: encodeEvent(event),
+                value: encodeEvent(
+                  event.event_id === undefined ? { ...event, event_id: this.nextEventId() } : event,
+                ),
                 timestamp,
                 headers: { 'content-type': 'application/json' },
               },
@@ -127,6 +138,11 @@ export class EventProducer {
       this.inFlightEvents -= events.length;
       this.metrics.producerInFlight.set(this.inFlightEvents);
     }
+  }
+
+  private nextEventId(): string {
+    this.eventIdSequence++;
+    return this.eventIdPrefix + this.eventIdSequence.toString(36);
   }
 
   /** Flushes what is queued (bounded by `timeoutMs`) and disconnects. */

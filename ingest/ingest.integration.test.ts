@@ -1067,6 +1067,7 @@ test('the topic holds exactly the accepted events, keyed by user_id, normalised'
   assert.equal(offsetsTotal, accepted.size, 'offsets in the topic vs events answered accepted');
 
   const partitionOf = new Map<string, number>();
+  const assignedIds = new Set<string>();
   for (const record of records) {
     assert.ok(record.key !== undefined, `a record without key: ${record.value}`);
     const expected = accepted.get(record.key);
@@ -1080,11 +1081,21 @@ test('the topic holds exactly the accepted events, keyed by user_id, normalised'
       record.timestamp >= sentAtMs && record.timestamp <= answeredAtMs,
       `record time ${record.timestamp} outside the request's [${sentAtMs}, ${answeredAtMs}]`,
     );
+    // An event sent without an event_id gets one from ingest, unique to the event.
+    const { event_id: eventId, ...rest } = value;
+    assert.ok(typeof eventId === 'string' && eventId.length > 0, record.value);
+    if (expected.event.event_id === undefined) {
+      assert.ok(!assignedIds.has(eventId), `event_id ${eventId} assigned twice`);
+      assignedIds.add(eventId);
+    } else {
+      assert.equal(eventId, expected.event.event_id);
+    }
+    const { event_id: _sent, ...sent } = expected.event;
     if (expected.event.timestamp === undefined) {
       assert.equal(value.timestamp, record.timestamp, record.value);
-      assert.deepEqual(value, { ...expected.event, timestamp: record.timestamp });
+      assert.deepEqual(rest, { ...sent, timestamp: record.timestamp });
     } else {
-      assert.deepEqual(value, expected.event);
+      assert.deepEqual(rest, sent);
     }
     partitionOf.set(record.key, record.partition);
   }

@@ -6,7 +6,19 @@
  * "Run with Docker".
  */
 import assert from 'node:assert/strict';
-import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import {
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+} from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join, posix } from 'node:path';
 import { describe, test } from 'node:test';
 import { parse } from 'yaml';
@@ -130,6 +142,36 @@ function effectiveInstructions(stages: DockerStage[], name: string): DockerStage
     ...(parent === undefined ? [] : effectiveInstructions(stages, parent.name)),
     ...stage.instructions,
   ];
+}
+
+/** The patterns of .dockerignore, comments and blank lines dropped. */
+function dockerIgnorePatterns(): string[] {
+  return repoFile('.dockerignore')
+    .split('\n')
+    .map((line) => line.trim())
+    .filter((line) => line !== '' && !line.startsWith('#'));
+}
+
+/**
+ * A .dockerignore pattern as a regular expression over context-relative paths: `**` any number
+ * of path segments, `*` and `?` within one; a match on a folder excludes what is below it.
+ */
+function dockerIgnoreRegExp(pattern: string): RegExp {
+  assert.ok(!pattern.startsWith('!'), 'exceptions are not used (and not handled here)');
+  let source = '';
+  for (let i = 0; i < pattern.length; i++) {
+    const char = pattern[i] ?? '';
+    if (pattern.startsWith('**/', i)) {
+      source += '(?:.*/)?';
+      i += 2;
+    } else if (pattern.startsWith('**', i)) {
+      source += '.*';
+      i += 1;
+    } else if (char === '*') source += '[^/]*';
+    else if (char === '?') source += '[^/]';
+    else source += char.replace(/[.+^${}()|[\]\\]/g, '\\$&');
+  }
+  return new RegExp(`^${source}(?:/.*)?$`);
 }
 
 const APP_SERVICES = ['ingest', 'aggregator'] as const;
@@ -395,11 +437,75 @@ describe('Dockerfile', () => {
     });
   }
 
+  test('the build context (.dockerignore applied) compiles to the entry points, with no dev dependency', () => {
+    // The files `COPY . .` receives, then the image's `tsc` on them, in a scratch directory.
+    const patterns = dockerIgnorePatterns().map(dockerIgnoreRegExp);
+    const context = mkdtempSync(join(tmpdir(), 'activity-docker-context-'));
+    try {
+      const copied: string[] = [];
+      const walk = (dir: string): void => {
+        for (const entry of readdirSync(join(REPO_ROOT, dir), { withFileTypes: true })) {
+          const path = dir === '' ? entry.name : `${dir}/${entry.name}`;
+          if (patterns.some((pattern) => pattern.test(path))) continue;
+          if (entry.isDirectory()) walk(path);
+          else if (entry.isFile()) {
+            mkdirSync(join(context, dir), { recursive: true });
+            copyFileSync(join(REPO_ROOT, path), join(context, path));
+            copied.push(path);
+          }
+        }
+      };
+      walk('');
+      assert.ok(copied.includes('package-lock.json') && copied.includes('tsconfig.json'));
+      assert.deepEqual(
+        copied.filter((path) => /\.test\.ts$|^(e2e|bench|chaos|deploy)\//.test(path)),
+        [],
+        'no tests, benchmarks or deployment files in the context',
+      );
+      symlinkSync(join(REPO_ROOT, 'node_modules'), join(context, 'node_modules'), 'dir');
+      const tsc = spawnSync(
+        process.execPath,
+        [join(REPO_ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.json'],
+        { cwd: context, encoding: 'utf8', timeout: 240_000 },
+      );
+      assert.equal(tsc.status, 0, `${tsc.stdout}${tsc.stderr}`);
+      for (const entry of ['ingest/main.js', 'aggregator/main.js', 'aggregator/parse-worker.js']) {
+        assert.ok(existsSync(join(context, 'dist', entry)), `dist/${entry} (CMD, Piscina worker)`);
+      }
+      // `npm prune --omit=dev` runs before the runtime stage: every package the compiled code
+      // imports must be a runtime dependency.
+      const pkg = JSON.parse(repoFile('package.json')) as { dependencies: Record<string, string> };
+      const imported = new Set<string>();
+      const scan = (dir: string): void => {
+        for (const entry of readdirSync(dir, { withFileTypes: true })) {
+          const path = join(dir, entry.name);
+          if (entry.isDirectory()) scan(path);
+          else if (entry.name.endsWith('.js')) {
+            for (const match of readFileSync(path, 'utf8').matchAll(/\bfrom '([^'.][^']*)'/g)) {
+              const specifier = match[1] ?? '';
+              if (specifier.startsWith('node:')) continue;
+              const parts = specifier.split('/');
+              imported.add(
+                specifier.startsWith('@') ? parts.slice(0, 2).join('/') : (parts[0] ?? ''),
+              );
+            }
+          }
+        }
+      };
+      scan(join(context, 'dist'));
+      assert.ok(imported.size > 0);
+      assert.deepEqual(
+        [...imported].filter((name) => pkg.dependencies[name] === undefined),
+        [],
+        'imported by the services but not a runtime dependency',
+      );
+    } finally {
+      rmSync(context, { recursive: true, force: true });
+    }
+  });
+
   test('.dockerignore keeps host builds and local state out of the context', () => {
-    const ignored = repoFile('.dockerignore')
-      .split('\n')
-      .map((line) => line.trim())
-      .filter((line) => line !== '' && !line.startsWith('#'));
+    const ignored = dockerIgnorePatterns();
     for (const path of ['node_modules', 'dist', '.local', '.git']) {
       assert.ok(ignored.includes(path), `${path} is ignored`);
     }

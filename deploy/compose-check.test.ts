@@ -187,6 +187,12 @@ describe('docker-compose.yml', () => {
       assert.ok(['CMD', 'CMD-SHELL'].includes(String(probe[0])) && probe.length >= 2, name);
       assert.equal(svc.container_name, undefined, `${name}: container_name breaks --scale`);
     }
+    // The services' own checks ask readiness on the port they listen on, as their images do.
+    for (const name of APP_SERVICES) {
+      const probe = list(obj(service(name).healthcheck, name).test, name).join(' ');
+      assert.match(probe, /\/readyz/, `${name} healthcheck`);
+      assert.ok(probe.includes(name === 'ingest' ? 'INGEST_PORT' : 'AGGREGATOR_PORT'), name);
+    }
   });
 
   test('the aggregator scales: no host port, its metrics port only exposed on the network', () => {

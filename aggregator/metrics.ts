@@ -1,9 +1,16 @@
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
+import { EVENT_REJECT_CODES } from '../shared/event-schema.js';
+
+/**
+ * Label values known in advance get their series at 0 from the start, so that `rate()` and
+ * `increase()` see the first flush failure or invalid record (a series born at 1 hides it).
+ */
+const INVALID_REASONS = [...EVENT_REJECT_CODES, 'invalid_utf8', 'invalid_json', 'empty_record'];
 
 /** The aggregator's own metrics, registered once, in the main thread. */
 export function createAggregatorMetrics(registry: Registry) {
   const registers = [registry];
-  return {
+  const metrics = {
     recordsConsumed: new Counter({
       name: 'aggregator_records_consumed_total',
       help: 'Records read from the topic.',
@@ -124,6 +131,11 @@ export function createAggregatorMetrics(registry: Registry) {
       registers,
     }),
   };
+  for (const reason of INVALID_REASONS) metrics.recordsInvalid.inc({ reason }, 0);
+  for (const result of ['ok', 'error']) metrics.flushes.inc({ result }, 0);
+  for (const operation of ['connect', 'flush']) metrics.databaseRetries.inc({ operation }, 0);
+  for (const type of ['assign', 'revoke']) metrics.rebalances.inc({ type }, 0);
+  return metrics;
 }
 
 export type AggregatorMetrics = ReturnType<typeof createAggregatorMetrics>;

@@ -490,7 +490,7 @@ test('every dashboard and alert expression evaluates; every panel returns data',
   const byLegend = new Map(dashboardExpressions().map((e) => [`${e.panel}|${e.legend}`, e.expr]));
   const core: Array<[string, string]> = [
     ['Ingest requests / s, by status', '{{status}}'],
-    ['Ingest latency, by route', 'p99 {{route}}'],
+    ['Ingest latency, by route and status', 'p99 {{route}} {{status}}'],
     ['Events accepted and rejected / s', 'accepted'],
     ['Events accepted and rejected / s', 'rejected {{reason}}'],
     ['Events accepted and rejected / s', 'refused {{reason}}'],

@@ -141,13 +141,15 @@ test('/metrics has every metric family the README promises, counting the traffic
   assert.equal(value('ingest_http_requests_total', { route: 'other', status: '404' }), 1);
 
   family('ingest_http_request_duration_seconds', 'histogram');
-  assert.equal(
+  const durationsOf = (status: string) =>
     value(
       'ingest_http_request_duration_seconds',
-      { route: '/activity' },
+      { route: '/activity', status },
       'ingest_http_request_duration_seconds_count',
-    ),
-    1 + invalid + limited,
+    );
+  assert.deepEqual(
+    [durationsOf('200'), durationsOf('400'), durationsOf('429')],
+    [1, invalid, limited],
   );
   family('ingest_events_accepted_total', 'counter');
   assert.equal(value('ingest_events_accepted_total'), 2);
@@ -155,6 +157,10 @@ test('/metrics has every metric family the README promises, counting the traffic
   assert.equal(value('ingest_events_rejected_total', { reason: 'missing_field' }), 1 + invalid);
   family('ingest_producer_in_flight_events', 'gauge');
   assert.equal(value('ingest_producer_in_flight_events'), 0);
+  family('ingest_producer_in_flight_limit', 'gauge');
+  assert.ok(value('ingest_producer_in_flight_limit') > 0);
+  // Known reasons start at 0, so that the first rejection is visible to rate().
+  assert.equal(value('ingest_events_rejected_total', { reason: 'timestamp_too_old' }), 0);
   family('ingest_broker_ack_duration_seconds', 'histogram');
   assert.equal(
     value('ingest_broker_ack_duration_seconds', {}, 'ingest_broker_ack_duration_seconds_count'),

@@ -1,4 +1,5 @@
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
+import { EVENT_REJECT_CODES } from '../shared/event-schema.js';
 
 /** The routes metrics are labelled with; anything else is `other`, to bound label cardinality. */
 export const KNOWN_ROUTES = [
@@ -13,10 +14,22 @@ export function routeLabel(path: string): string {
   return (KNOWN_ROUTES as readonly string[]).includes(path) ? path : 'other';
 }
 
+/**
+ * Reasons an event can be rejected for: each gets its series at 0 from the start, so that
+ * `rate()` and `increase()` see the first rejection (a series born at 1 hides it).
+ */
+const EVENT_REJECT_REASONS = [
+  ...EVENT_REJECT_CODES,
+  'invalid_json',
+  'broker_timeout',
+  'broker_unavailable',
+  'queue_full',
+];
+
 /** The ingest service's own metrics, registered once on the service registry. */
-export function createIngestMetrics(registry: Registry) {
+export function createIngestMetrics(registry: Registry, options: { maxInFlightEvents: number }) {
   const registers = [registry];
-  return {
+  const metrics = {
     httpRequests: new Counter({
       name: 'ingest_http_requests_total',
       help: 'HTTP requests answered, by route, method and status (499: client went away).',
@@ -25,8 +38,8 @@ export function createIngestMetrics(registry: Registry) {
     }),
     httpDuration: new Histogram({
       name: 'ingest_http_request_duration_seconds',
-      help: 'Time from request received to response written, by route.',
-      labelNames: ['route'],
+      help: 'Time from request received to response written, by route and status.',
+      labelNames: ['route', 'status'],
       buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
       registers,
     }),
@@ -62,6 +75,11 @@ export function createIngestMetrics(registry: Registry) {
       help: 'Events handed to the producer and not yet acknowledged (bounded by MAX_IN_FLIGHT_EVENTS).',
       registers,
     }),
+    producerInFlightLimit: new Gauge({
+      name: 'ingest_producer_in_flight_limit',
+      help: 'MAX_IN_FLIGHT_EVENTS: beyond it, requests get 503 queue_full.',
+      registers,
+    }),
     ackDuration: new Histogram({
       name: 'ingest_broker_ack_duration_seconds',
       help: 'Time from handing a request’s events to the producer to the broker’s acknowledgement.',
@@ -69,6 +87,9 @@ export function createIngestMetrics(registry: Registry) {
       registers,
     }),
   };
+  metrics.producerInFlightLimit.set(options.maxInFlightEvents);
+  for (const reason of EVENT_REJECT_REASONS) metrics.eventsRejected.inc({ reason }, 0);
+  return metrics;
 }
 
 export type IngestMetrics = ReturnType<typeof createIngestMetrics>;

@@ -23,7 +23,7 @@ export interface IngestService extends Service {
 export async function startIngest(config: IngestConfig, logger: Logger): Promise<IngestService> {
   const state = new StateHolder();
   const registry = createServiceRegistry('ingest', state);
-  const metrics = createIngestMetrics(registry);
+  const metrics = createIngestMetrics(registry, { maxInFlightEvents: config.maxInFlightEvents });
   const kafka = createKafka({ brokers: config.kafkaBrokers, clientId: 'ingest', logger });
   const producer = new EventProducer(
     kafka,
@@ -60,7 +60,7 @@ export async function startIngest(config: IngestConfig, logger: Logger): Promise
     onResponse: (request, status, seconds) => {
       const route = routeLabel(request.path);
       metrics.httpRequests.inc({ route, method: request.method, status });
-      metrics.httpDuration.observe({ route }, seconds);
+      metrics.httpDuration.observe({ route, status }, seconds);
       metrics.httpInFlight.set(http.inFlight);
     },
   });

@@ -39,20 +39,23 @@ export const EVENT_FIELDS = [
   'properties',
 ] as const;
 
-/** Machine-readable reasons an event is rejected. */
-export type EventRejectCode =
-  | 'not_an_object'
-  | 'unknown_field'
-  | 'missing_field'
-  | 'invalid_type'
-  | 'empty_string'
-  | 'too_long'
-  | 'invalid_string'
-  | 'invalid_timestamp'
-  | 'timestamp_in_future'
-  | 'timestamp_too_old'
-  | 'properties_too_large'
-  | 'properties_too_deep';
+/** Machine-readable reasons an event is rejected (metrics start a series at 0 for each). */
+export const EVENT_REJECT_CODES = [
+  'not_an_object',
+  'unknown_field',
+  'missing_field',
+  'invalid_type',
+  'empty_string',
+  'too_long',
+  'invalid_string',
+  'invalid_timestamp',
+  'timestamp_in_future',
+  'timestamp_too_old',
+  'properties_too_large',
+  'properties_too_deep',
+] as const;
+
+export type EventRejectCode = (typeof EVENT_REJECT_CODES)[number];
 
 export type EventValidation =
   | { ok: true; event: ActivityEvent }

@@ -14,6 +14,9 @@ import { readMetric } from '../service-processes.js';
 import { figure } from '../statistics.js';
 
 interface MemoryRun {
+  /** The main thread's V8 heap in use (`nodejs_heap_size_used_bytes`), idle and with every user held. */
+  idleHeap: number;
+  heldHeap: number;
   idleRss: number;
   heldRss: number;
   held: number;
@@ -38,6 +41,8 @@ export const memory: Scenario = {
     const measure = async (): Promise<MemoryRun> => {
       let idleRss = 0;
       let heldRss = 0;
+      let idleHeap = 0;
+      let heldHeap = 0;
       let held = 0;
       await aggregatorCatchup(context, {
         topic,
@@ -47,6 +52,7 @@ export const memory: Scenario = {
         env: { WINDOW_SEC: '3600', ALLOWED_LATENESS_SEC: '3600' },
         whenStarted: async (service) => {
           idleRss = rssBytes(service.process.pid) ?? 0;
+          idleHeap = (await readMetric(service.url, 'nodejs_heap_size_used_bytes')) ?? 0;
         },
         whenCaughtUp: async (service) => {
           const deadline = Date.now() + 30_000;
@@ -59,9 +65,17 @@ export const memory: Scenario = {
           await sleep(config.flushIntervalSec * 2000 + 500);
           held = (await readMetric(service.url, 'aggregator_held_user_ids')) ?? held;
           heldRss = rssBytes(service.process.pid) ?? 0;
+          heldHeap = (await readMetric(service.url, 'nodejs_heap_size_used_bytes')) ?? 0;
         },
       });
-      return { idleRss, heldRss, held, bytesPerUser: (heldRss - idleRss) / Math.max(1, held) };
+      return {
+        idleHeap,
+        heldHeap,
+        idleRss,
+        heldRss,
+        held,
+        bytesPerUser: (heldRss - idleRss) / Math.max(1, held),
+      };
     };
     const results = await alternate(
       config.runs,
@@ -96,6 +110,10 @@ export const memory: Scenario = {
             heldRssMiB: figure(
               runs.map((run) => run.heldRss / 2 ** 20),
               'MiB',
+            ),
+            mainHeapBytesPerUser: figure(
+              runs.map((run) => (run.heldHeap - run.idleHeap) / Math.max(1, run.held)),
+              'bytes of main-thread V8 heap in use per user (not a target; where the RSS goes)',
             ),
             usersHeld: figure(
               runs.map((run) => run.held),

@@ -2,8 +2,10 @@
  * Writes a scenario's figures to `<dir>/<scenario>.json` and rebuilds the human table
  * `<dir>/../RESULTS.md` (or `<dir>/RESULTS.md` for other directories) from every JSON file there.
  */
+import { spawnSync } from 'node:child_process';
 import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { REPO_ROOT } from '../deploy/local/stack.js';
 import { SCENARIO_NAMES } from './bench-config.js';
 import type { MachineInfo, ScenarioResult } from './bench-result.js';
 import type { Figure } from './statistics.js';
@@ -16,6 +18,10 @@ export interface ResultFile {
 export async function writeScenarioResult(dir: string, file: ResultFile): Promise<string> {
   const path = join(dir, `${file.result.scenario}.json`);
   await writeFile(path, `${JSON.stringify(file, null, 2)}\n`);
+  // In the repository's own format, so that committed results pass `make lint` as written.
+  spawnSync(join(REPO_ROOT, 'node_modules', '.bin', 'biome'), ['format', '--write', path], {
+    stdio: 'ignore',
+  });
   return path;
 }
 

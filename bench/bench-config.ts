@@ -11,7 +11,7 @@ export const SCENARIO_NAMES = [
 export type ScenarioName = (typeof SCENARIO_NAMES)[number];
 
 /**
- * How long and how hard each scenario runs. `full` is `make bench` (about 15 minutes on 2 cores);
+ * How long and how hard each scenario runs. `full` is `make bench` (about 18 minutes on 2 cores);
  * `smoke` is the seconds-long run `make test` does so that the harness cannot rot.
  */
 export interface BenchConfig {

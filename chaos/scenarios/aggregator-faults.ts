@@ -14,27 +14,38 @@ export const COMMIT_PAUSE_LINE = 'paused between COPY and COMMIT';
 /** Long enough to land a signal in, short enough to keep flushing at the load's pace. */
 export const COMMIT_PAUSE_MS = '150';
 
+/** Margin kept below the pause: the signal must land this long before COMMIT at least. */
+const GAP_MARGIN_MS = 25;
+
 /**
- * Resolves once `aggregator` logs that a flush is paused between COPY and COMMIT, having already
- * run `act` from inside the output listener (so that the signal lands within the pause);
- * false when no flush paused within `timeoutMs`.
+ * Waits until `aggregator` logs that a flush is paused between COPY and COMMIT and runs `act`
+ * from inside the output listener. Resolves `in-gap` when `act` ran within the pause by the log
+ * line's own timestamp (so the signal provably landed before COMMIT), `late` when the line
+ * reached us too late to prove it, `none` when no flush paused within `timeoutMs`.
  */
 export function actInCommitGap(
   aggregator: AggregatorProcess,
   timeoutMs: number,
   act: () => void,
-): Promise<boolean> {
+): Promise<'in-gap' | 'late' | 'none'> {
   return new Promise((resolve) => {
     const timer = setTimeout(() => {
       stop();
-      resolve(false);
+      resolve('none');
     }, timeoutMs);
     const stop = aggregator.onOutput((line) => {
       if (!line.includes(COMMIT_PAUSE_LINE)) return;
       stop();
       clearTimeout(timer);
       act();
-      resolve(true);
+      const actedAt = Date.now();
+      let pausedAt = Number.NaN;
+      try {
+        pausedAt = Date.parse((JSON.parse(line) as { time: string }).time);
+      } catch {
+        // Not a JSON line: the gap cannot be proven.
+      }
+      resolve(actedAt - pausedAt < Number(COMMIT_PAUSE_MS) - GAP_MARGIN_MS ? 'in-gap' : 'late');
     });
   });
 }
@@ -52,11 +63,10 @@ export const aggregatorKill: Scenario = {
       // In the gap: the upsert is done, COMMIT not yet sent.
       await aggregator.waitAssigned(1, 60_000);
       const hit = await actInCommitGap(aggregator, 15_000, () => aggregator.freeze(true));
-      if (hit) {
-        context.count('killed between COPY and COMMIT');
-      } else {
-        context.problem(`cycle ${index + 1}: no flush paused before COMMIT within 15 s`);
-      }
+      if (hit === 'in-gap')
+        context.count('killed between COPY and COMMIT (proven by the log time)');
+      else if (hit === 'late') context.count('killed just after the pause began (gap not proven)');
+      else context.problem(`cycle ${index + 1}: no flush paused before COMMIT within 15 s`);
     } else {
       const moment = context.random.pick(['starting', 'replaying', 'running'] as const);
       if (moment !== 'starting') await aggregator.waitAssigned(1, 60_000);
@@ -96,8 +106,14 @@ export const aggregatorStall: Scenario = {
     const [stalled, survivor] = index % 2 === 0 ? [a, b] : [b, a];
     // Every other time frozen inside a flush, between the upsert and COMMIT: its transaction
     // stays open, holding the rows' locks, while the survivor takes the partitions over.
-    if (index % 4 < 2 && (await actInCommitGap(stalled, 10_000, () => stalled.freeze(true)))) {
-      context.count('frozen between COPY and COMMIT');
+    const gap =
+      index % 4 < 2 ? await actInCommitGap(stalled, 10_000, () => stalled.freeze(true)) : 'none';
+    if (gap !== 'none') {
+      context.count(
+        gap === 'in-gap'
+          ? 'frozen between COPY and COMMIT (proven by the log time)'
+          : 'frozen just after the pause began (gap not proven)',
+      );
     } else {
       await sleep(context.random.int(1000));
       stalled.freeze(true);

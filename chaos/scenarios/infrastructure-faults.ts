@@ -161,12 +161,12 @@ export const postgresTerminate: Scenario = {
     // Inside the transaction, after COPY and the upsert, before COMMIT.
     let pid: number | undefined;
     const paused = actInCommitGap(aggregator, 15_000, () => {});
-    if (await paused)
+    if ((await paused) !== 'none')
       pid = await aggregatorBackend(context, (b) => b.state.startsWith('idle in'), 150);
     if (pid === undefined) {
       pid = await aggregatorBackend(context, () => true, 5_000);
       context.count('terminated at a random moment');
-    } else context.count('terminated between COPY and COMMIT');
+    } else context.count('terminated when seen idle in transaction, between COPY and COMMIT');
     if (pid === undefined) context.problem('the aggregator has no backend to terminate');
     else await terminate(context, pid);
     return Date.now();

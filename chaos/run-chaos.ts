@@ -6,7 +6,8 @@
  *
  *   node dist/chaos/run-chaos.js            SCENARIO=aggregator-kill,broker CYCLES=5 CHAOS_SEED=1
  *
- * SCENARIO matches names by prefix: `postgres` runs the three PostgreSQL scenarios.
+ * SCENARIO matches names by prefix: `postgres` runs the three PostgreSQL scenarios; `name:n`
+ * runs that scenario for n cycles whatever CYCLES says.
  */
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -45,10 +46,19 @@ const say = (line: string): void => {
 async function main(): Promise<number> {
   const config = loadConfigOrExit(() => readChaosConfig(process.env));
   const known = allScenarios({ brokerStallMs: config.brokerStallMs });
+  const wanted = config.scenarios.map((entry) => {
+    const [name = '', cycles] = entry.split(':');
+    return { name, cycles: Number(cycles ?? 0) };
+  });
+  const cyclesOf = new Map<string, number>();
   const chosen =
-    config.scenarios.length === 0
+    wanted.length === 0
       ? known
-      : known.filter((s) => config.scenarios.some((name) => s.name.startsWith(name)));
+      : known.filter((s) => {
+          const match = wanted.find((w) => s.name.startsWith(w.name));
+          if (match !== undefined && match.cycles > 0) cyclesOf.set(s.name, match.cycles);
+          return match !== undefined;
+        });
   if (chosen.length === 0) {
     say(
       `[chaos] no scenario matches ${config.scenarios.join(',')}; known: ${known.map((s) => s.name).join(', ')}`,
@@ -71,7 +81,8 @@ async function main(): Promise<number> {
   try {
     for (const [index, scenario] of chosen.entries()) {
       if (stopping) break;
-      const cycles = config.cycles > 0 ? config.cycles : scenario.defaultCycles;
+      const cycles =
+        cyclesOf.get(scenario.name) ?? (config.cycles > 0 ? config.cycles : scenario.defaultCycles);
       say(`[chaos] ${scenario.name}: ${scenario.fault}, ${cycles} cycle(s)`);
       const result = await runScenario({
         stack,

@@ -93,6 +93,8 @@ async function main(): Promise<number> {
         log: say,
       });
       results.push(result);
+      // After every scenario, so that an interrupted run keeps what it measured.
+      await writeResults(results, config.seed);
       say(
         `[chaos] ${scenario.name}: ${result.problems.length === 0 ? 'pass' : 'FAIL'}; acknowledged ${result.acknowledged}, lost ${result.lost}, double-counted ${result.doubleCounted}, unknown ${result.unknown} (${result.unknownCounted} counted)`,
       );
@@ -100,20 +102,24 @@ async function main(): Promise<number> {
   } finally {
     await stack.stop();
   }
-  const table = resultsTable(results);
-  const notes = resultsNotes(results);
-  say(`\n${table}\n\n${notes}`);
-  const problems = results.flatMap((r) => r.problems.map((p) => `${r.name}: ${p}`));
+  const problems = await writeResults(results, config.seed);
+  say(`\n${resultsTable(results)}\n\n${resultsNotes(results)}`);
   for (const line of problems) say(`[chaos] problem: ${line.slice(0, 2000)}`);
+  if (problems.length === 0) await stack.remove();
+  else say(`[chaos] broker and PostgreSQL logs kept in ${stack.dir}`);
+  return problems.length === 0 ? 0 : 1;
+}
+
+/** Writes the table, its notes and the problems to .local/chaos/results.md; returns the problems. */
+async function writeResults(results: readonly ScenarioResult[], seed: number): Promise<string[]> {
+  const problems = results.flatMap((r) => r.problems.map((p) => `${r.name}: ${p}`));
   const dir = join(REPO_ROOT, '.local', 'chaos');
   await mkdir(dir, { recursive: true });
   await writeFile(
     join(dir, 'results.md'),
-    `${new Date().toISOString()} seed ${config.seed}\n\n${table}\n\n${notes}\n\n${problems.join('\n')}\n`,
+    `${new Date().toISOString()} seed ${seed}\n\n${resultsTable(results)}\n\n${resultsNotes(results)}\n\n${problems.join('\n')}\n`,
   );
-  if (problems.length === 0) await stack.remove();
-  else say(`[chaos] broker and PostgreSQL logs kept in ${stack.dir}`);
-  return problems.length === 0 ? 0 : 1;
+  return problems;
 }
 
 process.exit(await main());

@@ -39,18 +39,21 @@ export async function aggregatorCatchup(
     await options.whenStarted?.(service);
     const startDeadline = Date.now() + 60_000;
     let consumed = 0;
+    // The clock starts at the last poll that saw nothing consumed: the group join and the
+    // checkpoint reads before it are start-up, not consumption. (Starting at the first poll that
+    // saw records would lose the records of that first interval, all of them in a small topic.)
+    let startedAt = performance.now();
+    let meter = startCpuMeter([service.process.pid]);
     while (consumed === 0) {
       if (!service.process.running || Date.now() > startDeadline) {
         throw new Error(`the aggregator consumed nothing within 60 s${service.process.tail()}`);
       }
+      startedAt = performance.now();
+      meter.stop();
+      meter = startCpuMeter([service.process.pid]);
       await sleep(POLL_MS / 2);
       consumed = (await readMetric(service.url, 'aggregator_records_consumed_total')) ?? 0;
     }
-    // The clock starts at the first poll that saw records: the group join and the checkpoint
-    // reads before it are start-up, not consumption.
-    const startConsumed = consumed;
-    const startedAt = performance.now();
-    const meter = startCpuMeter([service.process.pid]);
     const capMs = options.capSec * 1000;
     while (consumed < options.records && performance.now() - startedAt < capMs) {
       if (!service.process.running)
@@ -64,7 +67,7 @@ export async function aggregatorCatchup(
     return {
       consumed,
       elapsedSec,
-      eventsPerSec: (consumed - startConsumed) / elapsedSec,
+      eventsPerSec: consumed / elapsedSec,
       cpuPct: cpu.byPid.get(service.process.pid) ?? 0,
       capped: consumed < options.records,
     };

@@ -59,6 +59,7 @@ export function readBenchConfig(
   const requested = [...argv, ...r.list('SCENARIO', [])].flatMap((arg) => arg.split(','));
   const scenarios: ScenarioName[] = [];
   for (const name of requested.map((arg) => arg.trim()).filter((arg) => arg !== '')) {
+    if (scenarios.includes(name as ScenarioName)) continue;
     if ((SCENARIO_NAMES as readonly string[]).includes(name)) scenarios.push(name as ScenarioName);
     else r.problem(`unknown scenario ${JSON.stringify(name)}; known: ${SCENARIO_NAMES.join(', ')}`);
   }

@@ -1,20 +1,36 @@
 import { randomBytes } from 'node:crypto';
-import kafkaJavascript from '@confluentinc/kafka-javascript';
+import kafkaJavascript, {
+  type DeliveryReport,
+  type LibrdKafkaError,
+  type MessageHeader,
+} from '@confluentinc/kafka-javascript';
 import { PipelineError } from '../shared/errors.js';
 import { type ActivityEvent, encodeEvent } from '../shared/event-schema.js';
-import { ensureTopic, type Kafka } from '../shared/kafka-client.js';
+import {
+  type ClientLog,
+  createClientLog,
+  ensureTopic,
+  type Kafka,
+} from '../shared/kafka-client.js';
 import type { Logger } from '../shared/logger.js';
 import type { IngestMetrics } from './metrics.js';
 
-const { KafkaJS } = kafkaJavascript;
-type Producer = ReturnType<Kafka['producer']>;
+const { Producer, CODES } = kafkaJavascript;
 
 export interface EventProducerOptions {
+  brokers: string[];
+  clientId: string;
   topic: string;
   topicPartitions: number;
   ackTimeoutMs: number;
   maxInFlightEvents: number;
 }
+
+/** What a delivery report settles: one event's outcome. */
+type Settle = (outcome: PipelineError | null) => void;
+
+/** The one headers list every record carries (librdkafka copies it per message). */
+const HEADERS: MessageHeader[] = [{ 'content-type': 'application/json' }];
 
 /**
  * Produces validated events and resolves only once the broker has acknowledged every one of
@@ -30,7 +46,8 @@ export interface EventProducerOptions {
  * bytes, id included, and the aggregator counts an id once per window.
  */
 export class EventProducer {
-  private readonly producer: Producer;
+  private readonly producer: InstanceType<typeof Producer>;
+  private readonly clientLog: ClientLog;
   private inFlightEvents = 0;
   private ready = false;
   /** Assigned ids: unique to this process (random prefix), then a counter. */
@@ -43,12 +60,21 @@ export class EventProducer {
     private readonly metrics: IngestMetrics,
     private readonly logger: Logger,
   ) {
-    this.producer = kafka.producer({
-      kafkaJS: {
-        idempotent: true,
-        acks: -1,
-        compression: KafkaJS.CompressionTypes.LZ4,
-      },
+    this.clientLog = createClientLog(logger);
+    // librdkafka's own producer API, not the KafkaJS-compatible `send()`: a send per event cost a
+    // promise, a converted message and headers object, and a result array per event, half of
+    // ingest's CPU under batches (bench/RESULTS.md). Here each event is one native `produce()`
+    // whose delivery report settles it.
+    this.producer = new Producer({
+      'bootstrap.servers': options.brokers.join(','),
+      'client.id': options.clientId,
+      'enable.idempotence': true,
+      acks: -1,
+      'compression.type': 'lz4',
+      // The Java client's partitioner (and the KafkaJS-compatible API's default): a user's
+      // events land in the same partition whichever Kafka client wrote them, which the exact
+      // unique-user counts depend on. librdkafka's own default (CRC32) would place them elsewhere.
+      partitioner: 'murmur2_random',
       // A short linger batches concurrent requests into one produce request.
       'linger.ms': 2,
       // librdkafka gives up a message it could not deliver in time. Given up is not the same as
@@ -60,6 +86,20 @@ export class EventProducer {
       // is down that thread sleeps up to this reconnect backoff (default 10 s): keep it short so
       // a timeout is reported close to ACK_TIMEOUT_SEC.
       'reconnect.backoff.max.ms': 1000,
+      log_level: 4,
+      dr_cb: true,
+    });
+    this.producer.on('delivery-report', (err: LibrdKafkaError | null, report: DeliveryReport) => {
+      (report.opaque as Settle)(err ? classifyProduceError(err) : null);
+    });
+    this.producer.on('event.error', (err: LibrdKafkaError) =>
+      this.clientLog.error(err.message, { code: err.code }),
+    );
+    this.producer.on('event.log', (log: { severity: number; fac: string; message: string }) => {
+      const extra = { fac: log.fac };
+      if (log.severity <= 3) this.clientLog.error(log.message, extra);
+      else if (log.severity === 4) this.clientLog.warn(log.message, extra);
+      else this.clientLog.debug(log.message, extra);
     });
   }
 
@@ -79,7 +119,11 @@ export class EventProducer {
       { topic: this.options.topic, partitions: topic.partitions, created: topic.created },
       'topic ready',
     );
-    await this.producer.connect();
+    await new Promise<void>((resolve, reject) => {
+      this.producer.connect({}, (err) => (err ? reject(err) : resolve()));
+    });
+    // Delivery reports are polled on librdkafka's background thread and handed to the event loop.
+    this.producer.setPollInBackground(true);
     this.ready = true;
   }
 
@@ -109,29 +153,34 @@ export class EventProducer {
     this.inFlightEvents += events.length;
     this.metrics.producerInFlight.set(this.inFlightEvents);
     const stopTimer = this.metrics.ackDuration.startTimer();
-    const timestamp = String(receivedAtMs);
     try {
-      // One send per event: each gets its own delivery report, so a batch's answer can say
+      // One message per event with its own delivery report, so that a batch's answer can say
       // exactly which events the broker has. librdkafka still batches them on the wire.
-      const reports = await Promise.allSettled(
-        events.map((event) =>
-          this.producer.send({
-            topic: this.options.topic,
-            messages: [
-              {
-                key: event.user_id,
-                value: encodeEvent(
+      return await Promise.all(
+        events.map(
+          (event) =>
+            new Promise<PipelineError | null>((settle) => {
+              const value = Buffer.from(
+                encodeEvent(
                   event.event_id === undefined ? { ...event, event_id: this.nextEventId() } : event,
                 ),
-                timestamp,
-                headers: { 'content-type': 'application/json' },
-              },
-            ],
-          }),
+              );
+              try {
+                this.producer.produce(
+                  this.options.topic,
+                  null,
+                  value,
+                  event.user_id,
+                  receivedAtMs,
+                  settle,
+                  HEADERS,
+                );
+              } catch (err) {
+                // Refused before it was queued (queue full, not connected): certainly not stored.
+                settle(classifyProduceError(err));
+              }
+            }),
         ),
-      );
-      return reports.map((report) =>
-        report.status === 'fulfilled' ? null : classifyProduceError(report.reason),
       );
     } finally {
       stopTimer();
@@ -148,26 +197,30 @@ export class EventProducer {
   /** Flushes what is queued (bounded by `timeoutMs`) and disconnects. */
   async close(timeoutMs: number): Promise<void> {
     this.ready = false;
-    try {
-      await this.producer.flush({ timeout: timeoutMs });
-    } catch (err) {
-      this.logger.warn({ err }, 'producer flush did not complete');
-    }
-    await this.producer.disconnect();
+    if (!this.producer.isConnected()) return;
+    await new Promise<void>((resolve) => {
+      this.producer.flush(timeoutMs, (err) => {
+        if (err) this.logger.warn({ err }, 'producer flush did not complete');
+        resolve();
+      });
+    });
+    await new Promise<void>((resolve) => {
+      this.producer.disconnect(() => resolve());
+    });
   }
 }
 
 function classifyProduceError(err: unknown): PipelineError {
   const code = (err as { code?: unknown }).code;
   const text = err instanceof Error ? err.message : String(err);
-  if (code === KafkaJS.ErrorCodes.ERR__MSG_TIMED_OUT || /timed out/i.test(text)) {
+  if (code === CODES.ERRORS.ERR__MSG_TIMED_OUT || /timed out/i.test(text)) {
     return new PipelineError(
       'broker_timeout',
       'the broker did not acknowledge in time; the event may or may not be stored: resend it with the same event_id',
       { cause: err, retryable: true },
     );
   }
-  if (code === KafkaJS.ErrorCodes.ERR__QUEUE_FULL) {
+  if (code === CODES.ERRORS.ERR__QUEUE_FULL) {
     return new PipelineError('queue_full', 'the producer queue is full', {
       cause: err,
       retryable: true,

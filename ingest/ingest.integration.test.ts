@@ -1097,7 +1097,35 @@ test('the topic holds exactly the accepted events, keyed by user_id, normalised'
     } else {
       assert.deepEqual(rest, sent);
     }
+    // The Java client's partitioner: any Kafka client keyed by user_id agrees on the partition.
+    assert.equal(record.partition, javaPartition(record.key, 3), `partition of ${record.key}`);
     partitionOf.set(record.key, record.partition);
   }
   assert.equal(partitionOf.size, accepted.size, 'each accepted event exactly once');
 });
+
+/** The partition Kafka's Java DefaultPartitioner picks for `key`: murmur2, positive, modulo. */
+function javaPartition(key: string, partitions: number): number {
+  const data = Buffer.from(key);
+  const m = 0x5bd1e995;
+  let h = (0x9747b28c ^ data.length) | 0;
+  const whole = data.length - (data.length % 4);
+  for (let i = 0; i < whole; i += 4) {
+    let k = data.readInt32LE(i);
+    k = Math.imul(k, m);
+    k ^= k >>> 24;
+    k = Math.imul(k, m);
+    h = Math.imul(h, m) ^ k;
+  }
+  const rest = data.length % 4;
+  if (rest === 3) h ^= (data[whole + 2] as number) << 16;
+  if (rest >= 2) h ^= (data[whole + 1] as number) << 8;
+  if (rest >= 1) {
+    h ^= data[whole] as number;
+    h = Math.imul(h, m);
+  }
+  h ^= h >>> 13;
+  h = Math.imul(h, m);
+  h ^= h >>> 15;
+  return (h & 0x7fffffff) % partitions;
+}

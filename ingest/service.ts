@@ -28,6 +28,8 @@ export async function startIngest(config: IngestConfig, logger: Logger): Promise
   const producer = new EventProducer(
     kafka,
     {
+      brokers: config.kafkaBrokers,
+      clientId: 'ingest',
       topic: config.topic,
       topicPartitions: config.topicPartitions,
       ackTimeoutMs: config.ackTimeoutMs,

@@ -7,15 +7,20 @@ export type Kafka = InstanceType<typeof KafkaJS.Kafka>;
 /** The default topic name, kept from the original service. */
 export const DEFAULT_TOPIC = 'incoming.user_activity';
 
-/** Builds a client whose own log lines go through the service's pino logger. */
-export function createKafka(options: {
-  brokers: string[];
-  clientId: string;
-  logger: Logger;
-}): Kafka {
-  const log = options.logger.child({ component: 'kafka-client' });
-  // While a broker is down librdkafka repeats the same complaint every second: say it once per
-  // 30 s, with how many times it was repeated in between.
+/** Where a client's own log lines go: through the service's logger, repeats throttled. */
+export interface ClientLog {
+  debug(message: string, extra?: object): void;
+  warn(message: string, extra?: object): void;
+  error(message: string, extra?: object): void;
+}
+
+/**
+ * A client's log, as child `kafka-client` of the service's logger. While a broker is down
+ * librdkafka repeats the same complaint every second: each warning or error is said once per
+ * 30 s, with how many times it was repeated in between.
+ */
+export function createClientLog(logger: Logger): ClientLog {
+  const log = logger.child({ component: 'kafka-client' });
   const lastSaid = new Map<string, { atMs: number; repeated: number }>();
   const throttled =
     (level: 'warn' | 'error') =>
@@ -30,11 +35,26 @@ export function createKafka(options: {
       lastSaid.set(message, { atMs: nowMs, repeated: 0 });
       log[level]({ ...extra, repeatedSinceLast: seen?.repeated ?? 0 }, message);
     };
-  const adapter = {
-    info: (message: string, extra?: object) => log.debug(extra ?? {}, message),
+  return {
+    debug: (message, extra) => log.trace(extra ?? {}, message),
     warn: throttled('warn'),
     error: throttled('error'),
-    debug: (message: string, extra?: object) => log.trace(extra ?? {}, message),
+  };
+}
+
+/** Builds a client whose own log lines go through the service's pino logger. */
+export function createKafka(options: {
+  brokers: string[];
+  clientId: string;
+  logger: Logger;
+}): Kafka {
+  const log = createClientLog(options.logger);
+  const info = options.logger.child({ component: 'kafka-client' });
+  const adapter = {
+    info: (message: string, extra?: object) => info.debug(extra ?? {}, message),
+    warn: log.warn,
+    error: log.error,
+    debug: log.debug,
     namespace: () => adapter,
     setLogLevel: () => {},
   };

@@ -25,7 +25,7 @@ import { gzipSync } from 'node:zlib';
 import {
   EVENT_FIELDS,
   EVENT_LIMITS,
-  type EventRejectCode,
+  EVENT_REJECT_CODES,
   validateEvent,
 } from '../shared/event-schema.js';
 import { createKafka } from '../shared/kafka-client.js';
@@ -67,24 +67,6 @@ const NOT_PROVOKABLE = new Set([500]);
 
 // ---------------------------------------------------------------------------------------------
 // The event schema against shared/event-schema.ts
-
-/** Every reject code; the type check below fails the build when EventRejectCode gains one. */
-const EVENT_REJECT_CODES = [
-  'not_an_object',
-  'unknown_field',
-  'missing_field',
-  'invalid_type',
-  'empty_string',
-  'too_long',
-  'invalid_string',
-  'invalid_timestamp',
-  'timestamp_in_future',
-  'timestamp_too_old',
-  'properties_too_large',
-  'properties_too_deep',
-] as const satisfies readonly EventRejectCode[];
-type UnlistedCode = Exclude<EventRejectCode, (typeof EVENT_REJECT_CODES)[number]>;
-const allCodesListed: [UnlistedCode] extends [never] ? true : UnlistedCode = true;
 
 /** Where the document states each of EVENT_LIMITS (a new limit fails the build until mapped). */
 const DOCUMENTED_LIMITS: Record<keyof typeof EVENT_LIMITS, (event: JsonObject) => unknown> = {
@@ -141,7 +123,6 @@ describe('the event schema matches shared/event-schema.ts', () => {
   });
 
   test('its reject codes are EventRejectCode', () => {
-    assert.equal(allCodesListed, true);
     const codes = (name: string): string[] =>
       enumOf(deref({ $ref: `#/components/schemas/${name}` }), 'code');
     assert.deepEqual(codes('InvalidEvent'), ['invalid_json', ...EVENT_REJECT_CODES].sort());

@@ -57,7 +57,7 @@ const SOAK_FAULTS = [aggregatorKill, postgresTerminate, ingestKill];
 
 export const soak: Scenario = {
   name: 'soak',
-  fault: 'soak: steady load, one fault a minute (10 cycles = 10 min)',
+  fault: 'soak: steady load, one fault every ~50 s',
   defaultCycles: 10,
   aggregators: 1,
   pipeline: { aggregatorEnv: { CHAOS_PAUSE_BEFORE_COMMIT_MS: COMMIT_PAUSE_MS } },

@@ -5,7 +5,7 @@
  * them, and after them, are counted exactly.
  */
 import assert from 'node:assert/strict';
-import { test } from 'node:test';
+import { type TestContext, test } from 'node:test';
 import {
   ActivityOracle,
   type ClientEvent,
@@ -62,6 +62,40 @@ async function readDeadLetters(
   return () => consumer.disconnect();
 }
 
+/**
+ * A test's topic with `partitions` partitions, an aggregator counting it (ALLOWED_LATENESS_SEC
+ * `latenessSec`), a raw producer to it and a reader of its dead-letter topic; all closed at
+ * cleanup.
+ */
+async function deadLetterSetup(
+  t: TestContext,
+  name: string,
+  partitions: number,
+  latenessSec: number,
+): Promise<{ resources: TestResources; produce: ProduceOne; deadLetters: DeadLetterSeen[] }> {
+  const resources = await createTestResources(name, stack, logger);
+  t.after(() => resources.cleanup());
+  await resources.createTopic(partitions);
+  const env = {
+    ...resources.env,
+    AGGREGATOR_PORT: String(await freeTcpPort()),
+    WINDOW_SEC: String(WINDOW_SEC),
+    ALLOWED_LATENESS_SEC: String(latenessSec),
+    FLUSH_INTERVAL_SEC: '0.2',
+    WORKERS: '2',
+  };
+  const aggregator = await startAggregator(
+    readAggregatorConfig(env),
+    logger.child({ service: 'aggregator' }),
+  );
+  resources.defer('closing the aggregator', () => aggregator.close());
+  const { produce, close } = await rawProducer(resources);
+  resources.defer('closing the producer', close);
+  const deadLetters: DeadLetterSeen[] = [];
+  resources.defer('closing the dead-letter reader', await readDeadLetters(resources, deadLetters));
+  return { resources, produce, deadLetters };
+}
+
 /** Produces one record to an explicit partition and returns its offset. */
 type ProduceOne = (
   partition: number,
@@ -89,26 +123,7 @@ async function rawProducer(
 }
 
 test('poison records go to the dead-letter topic with their reason and never stop consumption', async (t) => {
-  const resources = await createTestResources('dlq_poison', stack, logger);
-  t.after(() => resources.cleanup());
-  await resources.createTopic(2);
-  const env = {
-    ...resources.env,
-    AGGREGATOR_PORT: String(await freeTcpPort()),
-    WINDOW_SEC: String(WINDOW_SEC),
-    ALLOWED_LATENESS_SEC: '3600',
-    FLUSH_INTERVAL_SEC: '0.2',
-    WORKERS: '2',
-  };
-  const aggregator = await startAggregator(
-    readAggregatorConfig(env),
-    logger.child({ service: 'aggregator' }),
-  );
-  resources.defer('closing the aggregator', () => aggregator.close());
-  const { produce, close } = await rawProducer(resources);
-  resources.defer('closing the producer', close);
-  const deadLetters: DeadLetterSeen[] = [];
-  resources.defer('closing the dead-letter reader', await readDeadLetters(resources, deadLetters));
+  const { resources, produce, deadLetters } = await deadLetterSetup(t, 'dlq_poison', 2, 3600);
 
   const windowStart = windowStartOf(Date.now(), WINDOW_MS) - 3 * WINDOW_MS;
   const at = (ms: number): number => windowStart + ms;
@@ -222,26 +237,7 @@ test('poison records go to the dead-letter topic with their reason and never sto
 });
 
 test('an event later than the allowed lateness goes to the dead-letter topic as late', async (t) => {
-  const resources = await createTestResources('dlq_late', stack, logger);
-  t.after(() => resources.cleanup());
-  await resources.createTopic(1);
-  const env = {
-    ...resources.env,
-    AGGREGATOR_PORT: String(await freeTcpPort()),
-    WINDOW_SEC: String(WINDOW_SEC),
-    ALLOWED_LATENESS_SEC: '0',
-    FLUSH_INTERVAL_SEC: '0.2',
-    WORKERS: '2',
-  };
-  const aggregator = await startAggregator(
-    readAggregatorConfig(env),
-    logger.child({ service: 'aggregator' }),
-  );
-  resources.defer('closing the aggregator', () => aggregator.close());
-  const { produce, close } = await rawProducer(resources);
-  resources.defer('closing the producer', close);
-  const deadLetters: DeadLetterSeen[] = [];
-  resources.defer('closing the dead-letter reader', await readDeadLetters(resources, deadLetters));
+  const { resources, produce, deadLetters } = await deadLetterSetup(t, 'dlq_late', 1, 0);
 
   // T + 60 s lies in a window that ends in the future, so an idle partition (which lets wall-clock
   // time finalize windows) cannot close it while the test runs.

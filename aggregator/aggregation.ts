@@ -1,5 +1,5 @@
 import { packRecords } from './batch-aggregator.js';
-import { writeWindowRows } from './copy-writer.js';
+import { type PauseBeforeCommit, writeWindowRows } from './copy-writer.js';
 import type { Database } from './database.js';
 import type { DeadLetter, DeadLetterProducer } from './dead-letter.js';
 import type { AggregatorMetrics } from './metrics.js';
@@ -21,6 +21,8 @@ export interface AggregationOptions {
   allowedLatenessMs: number;
   /** A partition without records for this long lets wall-clock time finalize its windows. */
   idleAfterMs: number;
+  /** Fault injection only: hold every flush between the upsert and COMMIT. */
+  pauseBeforeCommit?: PauseBeforeCommit;
 }
 
 /**
@@ -180,7 +182,10 @@ export class Aggregation {
     const stopTimer = this.metrics.flushDuration.startTimer();
     try {
       // One connect attempt: the caller's write-retry policy decides what happens next.
-      const written = await this.db.use((client) => writeWindowRows(client, rows), 1);
+      const written = await this.db.use(
+        (client) => writeWindowRows(client, rows, this.options.pauseBeforeCommit),
+        1,
+      );
       this.metrics.flushRows.inc(written);
       this.metrics.flushes.inc({ result: 'ok' });
     } catch (err) {

@@ -6,15 +6,14 @@ import type { WindowRow } from './window-state.js';
 
 const { from: copyFrom } = pgCopyStreams;
 
-/** Test-only pause between the upsert and COMMIT (`CHAOS_PAUSE_BEFORE_COMMIT_MS`); off when 0. */
-let pauseBeforeCommit: { ms: number; onPause: () => void } | undefined;
-
 /**
- * Fault injection only (`make chaos`): every later write waits `ms` between the upsert and
- * COMMIT, after calling `onPause`, so that a kill or a terminated backend lands in that gap.
+ * Fault injection only (`make chaos`, `CHAOS_PAUSE_BEFORE_COMMIT_MS`): the write waits `ms`
+ * between the upsert and COMMIT, after calling `onPause`, so that a kill or a terminated backend
+ * lands in that gap.
  */
-export function setPauseBeforeCommit(ms: number, onPause: () => void): void {
-  pauseBeforeCommit = ms > 0 ? { ms, onPause } : undefined;
+export interface PauseBeforeCommit {
+  ms: number;
+  onPause: () => void;
 }
 
 const COLUMNS = [
@@ -42,6 +41,7 @@ const COLUMNS = [
 export async function writeWindowRows(
   client: ClientBase,
   rows: readonly WindowRow[],
+  pauseBeforeCommit?: PauseBeforeCommit,
 ): Promise<number> {
   if (rows.length === 0) return 0;
   await client.query('BEGIN');
@@ -68,7 +68,7 @@ export async function writeWindowRows(
     );
     if (pauseBeforeCommit !== undefined) {
       pauseBeforeCommit.onPause();
-      await new Promise((resolve) => setTimeout(resolve, pauseBeforeCommit?.ms));
+      await new Promise((resolve) => setTimeout(resolve, pauseBeforeCommit.ms));
     }
     await client.query('COMMIT');
     return result.rowCount ?? 0;

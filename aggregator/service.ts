@@ -6,7 +6,7 @@ import { createServiceRegistry } from '../shared/service-metrics.js';
 import { ActivityConsumer } from './activity-consumer.js';
 import { Aggregation } from './aggregation.js';
 import type { AggregatorConfig } from './config.js';
-import { setPauseBeforeCommit } from './copy-writer.js';
+import type { PauseBeforeCommit } from './copy-writer.js';
 import { Database } from './database.js';
 import { DeadLetterProducer } from './dead-letter.js';
 import { createAggregatorMetrics } from './metrics.js';
@@ -30,11 +30,6 @@ export async function startAggregator(
   const registry = createServiceRegistry('aggregator', state);
   const metrics = createAggregatorMetrics(registry);
   metrics.heldUsersLimit.set(config.maxHeldUserIds);
-  if (config.chaosPauseBeforeCommitMs > 0) {
-    const chaos = logger.child({ component: 'chaos' });
-    const pauseMs = config.chaosPauseBeforeCommitMs;
-    setPauseBeforeCommit(pauseMs, () => chaos.warn({ pauseMs }, 'paused between COPY and COMMIT'));
-  }
 
   const db = new Database({
     url: config.databaseUrl,
@@ -75,6 +70,7 @@ export async function startAggregator(
         windowMs: config.windowMs,
         allowedLatenessMs: config.allowedLatenessMs,
         idleAfterMs: Math.max(5000, config.allowedLatenessMs),
+        ...pauseBeforeCommit(config, logger),
       },
       metrics,
     );
@@ -127,4 +123,20 @@ export async function startAggregator(
     return closing;
   };
   return { state, close, port: health.port };
+}
+
+/** The test-only pause of `CHAOS_PAUSE_BEFORE_COMMIT_MS`, with the log line chaos waits for. */
+function pauseBeforeCommit(
+  config: AggregatorConfig,
+  logger: Logger,
+): { pauseBeforeCommit?: PauseBeforeCommit } {
+  const ms = config.chaosPauseBeforeCommitMs;
+  if (ms <= 0) return {};
+  const chaos = logger.child({ component: 'chaos' });
+  return {
+    pauseBeforeCommit: {
+      ms,
+      onPause: () => chaos.warn({ pauseMs: ms }, 'paused between COPY and COMMIT'),
+    },
+  };
 }

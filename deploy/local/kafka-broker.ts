@@ -208,8 +208,9 @@ export class KafkaBroker {
       'kafka.tools.StorageTool',
       'format',
       '--ignore-formatted',
-      '-t',
-      newClusterId(),
+      // One argument with `=`: a base64url id can start with '-', which the tool's parser would
+      // take for an option (1 start in 64 failed with "argument --cluster-id: expected one").
+      `--cluster-id=${newClusterId()}`,
       '-c',
       propertiesFile,
     ];

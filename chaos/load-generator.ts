@@ -45,6 +45,9 @@ export class LoadGenerator {
   private running = false;
   private loop: Promise<void> | undefined;
   private readonly inFlight = new Set<Promise<void>>();
+  /** When each request in flight was sent, by request number. */
+  private readonly sentAt = new Map<number, number>();
+  private requests = 0;
   private readonly listeners = new Set<(record: RequestRecord) => void>();
   private sequence = 0;
   /** Requests by status (0: no answer) and, for errors, code. */
@@ -84,6 +87,13 @@ export class LoadGenerator {
     await Promise.all([...this.inFlight]);
   }
 
+  /** How long the oldest request still in flight has been waiting for its answer; 0 when none. */
+  oldestInFlightMs(nowMs: number): number {
+    let oldest = nowMs;
+    for (const at of this.sentAt.values()) if (at < oldest) oldest = at;
+    return nowMs - oldest;
+  }
+
   /** Calls `listener` with every finished request until the returned function is called. */
   onRequest(listener: (record: RequestRecord) => void): () => void {
     this.listeners.add(listener);
@@ -104,8 +114,13 @@ export class LoadGenerator {
   private async send(): Promise<void> {
     const events = Array.from({ length: this.options.batchSize }, () => this.nextEvent());
     const settles = events.map((event) => this.options.ledger.sent(event));
+    const body = JSON.stringify(events);
     const startedAt = Date.now();
-    const reply = await post(this.options.port, JSON.stringify(events), this.options);
+    const request = ++this.requests;
+    this.sentAt.set(request, startedAt);
+    const reply = await post(this.options.port, body, this.options).finally(() =>
+      this.sentAt.delete(request),
+    );
     const endedAt = Date.now();
     settleAll(settles, reply);
     const key = reply.status === 200 ? '200' : `${reply.status} ${reply.code}`;

@@ -58,7 +58,8 @@ const SOAK_FAULTS = [aggregatorKill, postgresTerminate, ingestKill];
 export const soak: Scenario = {
   name: 'soak',
   fault: 'soak: steady load, one fault every ~50 s',
-  defaultCycles: 10,
+  // 12 cycles of about 51 s: the 10 minutes of steady load with periodic faults the issue asks.
+  defaultCycles: 12,
   aggregators: 1,
   pipeline: { aggregatorEnv: { CHAOS_PAUSE_BEFORE_COMMIT_MS: COMMIT_PAUSE_MS } },
   async cycle(context, index) {

@@ -9,6 +9,7 @@
  * boundaries or the clock.
  */
 import { PAGE_VIEW, validateEvent } from '../shared/event-schema.js';
+import { type PackedStrings, PackedStringsBuilder, packStrings } from './packed-strings.js';
 
 /** One partition's batch, packed so that the buffers can be transferred to a worker. */
 export interface BatchInput {
@@ -44,22 +45,23 @@ export interface BatchInput {
  * listed one by one, in offset order and without repeats within the batch, so that the main
  * thread can skip those its window already counted in an earlier batch: a producer retry or a
  * client resend can put the same event in the topic twice. Only events without an id are folded
- * into `users`, `events` and `pageViews` here.
+ * into `users`, `events` and `pageViews` here. Ids travel as UTF-8 bytes (`PackedStrings`), not
+ * strings: the main thread merges them into its byte sets without creating a V8 string.
  */
 export interface WindowPartial {
   start: number;
-  /** Users of the events without an `event_id`. */
-  users: string[];
+  /** Users of the events without an `event_id`, each once. */
+  users: PackedStrings;
   /** Events without an `event_id`, and how many of them were page views. */
   events: number;
   pageViews: number;
   firstOffset: number;
   /** The `event_id`s of this window's identified events, first occurrence in the batch only. */
-  eventIds: string[];
+  eventIds: PackedStrings;
   /** The user of each of `eventIds`. */
-  eventIdUsers: string[];
+  eventIdUsers: PackedStrings;
   /** 1 where the event of `eventIds` at the same index is a page view, else 0. */
-  eventIdPageViews: number[];
+  eventIdPageViews: Uint8Array;
 }
 
 export interface BatchResult {
@@ -81,11 +83,21 @@ export function windowStartOf(timestampMs: number, windowMs: number): number {
   return timestampMs - (((timestampMs % windowMs) + windowMs) % windowMs);
 }
 
+/** A window of the batch while it is being built. */
+interface WindowBuild {
+  start: number;
+  firstOffset: number;
+  events: number;
+  pageViews: number;
+  users: Set<string>;
+  eventIds: Set<string>;
+  identified: PackedStringsBuilder;
+  identifiedUsers: PackedStringsBuilder;
+  identifiedPageViews: number[];
+}
+
 export function aggregateBatch(input: BatchInput): BatchResult {
-  const windows = new Map<
-    number,
-    { users: Set<string>; eventIds: Set<string>; partial: WindowPartial }
-  >();
+  const windows = new Map<number, WindowBuild>();
   const replayWindows = new Set(input.replayWindows);
   const invalid: BatchResult['invalid'] = [];
   const late: number[] = [];
@@ -132,41 +144,45 @@ export function aggregateBatch(input: BatchInput): BatchResult {
     let window = windows.get(windowStart);
     if (window === undefined) {
       window = {
+        start: windowStart,
+        firstOffset: offset,
+        events: 0,
+        pageViews: 0,
         users: new Set(),
         eventIds: new Set(),
-        partial: {
-          start: windowStart,
-          users: [],
-          events: 0,
-          pageViews: 0,
-          firstOffset: offset,
-          eventIds: [],
-          eventIdUsers: [],
-          eventIdPageViews: [],
-        },
+        identified: new PackedStringsBuilder(),
+        identifiedUsers: new PackedStringsBuilder(),
+        identifiedPageViews: [],
       };
       windows.set(windowStart, window);
     }
     const pageView = event.activity_type === PAGE_VIEW;
-    const { partial } = window;
     if (event.event_id === undefined) {
       window.users.add(event.user_id);
-      partial.events++;
-      if (pageView) partial.pageViews++;
+      window.events++;
+      if (pageView) window.pageViews++;
     } else if (window.eventIds.has(event.event_id)) {
       duplicates++;
     } else {
       window.eventIds.add(event.event_id);
-      partial.eventIds.push(event.event_id);
-      partial.eventIdUsers.push(event.user_id);
-      partial.eventIdPageViews.push(pageView ? 1 : 0);
+      window.identified.push(event.event_id);
+      window.identifiedUsers.push(event.user_id);
+      window.identifiedPageViews.push(pageView ? 1 : 0);
     }
   }
 
   const partials: WindowPartial[] = [];
-  for (const { users, partial } of windows.values()) {
-    partial.users = [...users];
-    partials.push(partial);
+  for (const window of windows.values()) {
+    partials.push({
+      start: window.start,
+      users: packStrings(window.users),
+      events: window.events,
+      pageViews: window.pageViews,
+      firstOffset: window.firstOffset,
+      eventIds: window.identified.finish(),
+      eventIdUsers: window.identifiedUsers.finish(),
+      eventIdPageViews: Uint8Array.from(window.identifiedPageViews),
+    });
   }
   return { windows: partials, watermarkOut: watermark, invalid, late, skipped, duplicates };
 }

@@ -1,4 +1,5 @@
 import type { BatchInput, BatchResult, PackedRecords } from './batch-aggregator.js';
+import { ByteStringSet } from './byte-string-set.js';
 import type { PartitionCheckpoint } from './partition-recovery.js';
 
 /** The figures of one event-time window in one partition, as written to PostgreSQL. */
@@ -20,9 +21,10 @@ export interface WindowRow {
 }
 
 interface WindowAggregate {
-  users: Set<string>;
+  /** The window's distinct user ids, as UTF-8 bytes (see `byte-string-set.ts`). */
+  users: ByteStringSet;
   /** The `event_id`s counted in this window: an event seen again is not counted twice. */
-  eventIds: Set<string>;
+  eventIds: ByteStringSet;
   events: number;
   pageViews: number;
   firstOffset: number;
@@ -137,8 +139,8 @@ export class PartitionWindows {
       let window = this.windows.get(partial.start);
       if (window === undefined) {
         window = {
-          users: new Set(partial.users),
-          eventIds: new Set(),
+          users: new ByteStringSet(partial.users.ends.length + partial.eventIdUsers.ends.length),
+          eventIds: new ByteStringSet(partial.eventIds.ends.length),
           events: 0,
           pageViews: 0,
           firstOffset: partial.firstOffset,
@@ -146,22 +148,31 @@ export class PartitionWindows {
           final: false,
         };
         this.windows.set(partial.start, window);
-      } else {
-        for (const user of partial.users) window.users.add(user);
-        if (partial.firstOffset < window.firstOffset) window.firstOffset = partial.firstOffset;
+      } else if (partial.firstOffset < window.firstOffset) {
+        window.firstOffset = partial.firstOffset;
+      }
+      const { users, eventIds, eventIdUsers, eventIdPageViews } = partial;
+      let userStart = 0;
+      for (const userEnd of users.ends) {
+        window.users.add(users.bytes, userStart, userEnd);
+        userStart = userEnd;
       }
       window.events += partial.events;
       window.pageViews += partial.pageViews;
-      for (let i = 0; i < partial.eventIds.length; i++) {
-        const eventId = partial.eventIds[i] as string;
-        if (window.eventIds.has(eventId)) {
+      let idStart = 0;
+      userStart = 0;
+      for (let i = 0; i < eventIds.ends.length; i++) {
+        const idEnd = eventIds.ends[i] as number;
+        const userEnd = eventIdUsers.ends[i] as number;
+        if (window.eventIds.add(eventIds.bytes, idStart, idEnd)) {
+          window.users.add(eventIdUsers.bytes, userStart, userEnd);
+          window.events++;
+          window.pageViews += eventIdPageViews[i] as number;
+        } else {
           duplicates++;
-          continue;
         }
-        window.eventIds.add(eventId);
-        window.users.add(partial.eventIdUsers[i] as string);
-        window.events++;
-        window.pageViews += partial.eventIdPageViews[i] as number;
+        idStart = idEnd;
+        userStart = userEnd;
       }
       window.dirty = true;
     }

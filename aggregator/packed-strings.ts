@@ -1,0 +1,66 @@
+/**
+ * Lists of short strings (user ids, event ids) as UTF-8 bytes in one buffer: how a worker hands
+ * them to the main thread. A `string[]` crosses the thread boundary as one V8 string per item,
+ * built again on the main thread and left there as garbage once merged; two typed arrays are two
+ * `memcpy`s, and the main thread merges them without creating a single string.
+ */
+
+/** String `i` is `bytes[ends[i - 1] ?? 0 .. ends[i])`. */
+export interface PackedStrings {
+  bytes: Uint8Array;
+  ends: Uint32Array;
+}
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+/** Appends strings as UTF-8; `finish()` returns them packed, trimmed to their size. */
+export class PackedStringsBuilder {
+  private bytes = new Uint8Array(1024);
+  private ends = new Uint32Array(64);
+  private used = 0;
+  private count = 0;
+
+  get length(): number {
+    return this.count;
+  }
+
+  push(value: string): void {
+    // UTF-8 takes at most 3 bytes per UTF-16 code unit.
+    const room = value.length * 3;
+    if (this.used + room > this.bytes.length) {
+      const grown = new Uint8Array(Math.max(this.bytes.length * 2, this.used + room));
+      grown.set(this.bytes.subarray(0, this.used));
+      this.bytes = grown;
+    }
+    this.used += encoder.encodeInto(value, this.bytes.subarray(this.used)).written;
+    if (this.count === this.ends.length) {
+      const grown = new Uint32Array(this.ends.length * 2);
+      grown.set(this.ends);
+      this.ends = grown;
+    }
+    this.ends[this.count++] = this.used;
+  }
+
+  finish(): PackedStrings {
+    return { bytes: this.bytes.slice(0, this.used), ends: this.ends.slice(0, this.count) };
+  }
+}
+
+/** Packs `values` (tests, and callers that already hold strings). */
+export function packStrings(values: Iterable<string>): PackedStrings {
+  const builder = new PackedStringsBuilder();
+  for (const value of values) builder.push(value);
+  return builder.finish();
+}
+
+/** The strings back, in order (tests and diagnostics; the data path never decodes them). */
+export function unpackStrings(packed: PackedStrings): string[] {
+  const values: string[] = [];
+  let start = 0;
+  for (const end of packed.ends) {
+    values.push(decoder.decode(packed.bytes.subarray(start, end)));
+    start = end;
+  }
+  return values;
+}

@@ -72,6 +72,11 @@ export class ActivityConsumer {
       // librdkafka's prefetch, at most (default 64 MiB): 16 MiB is tens of thousands of events,
       // seconds of work at the aggregator's rate, and 48 MiB less resident memory when catching up.
       'queued.max.messages.kbytes': 16_384,
+      // The client fetches ahead into a cache of JavaScript message objects sized for this much
+      // consumption (default 1,500 ms: about 100,000 objects when catching up). Objects that wait
+      // that long outlive the young generation and are promoted, so a catch-up fills the old
+      // generation and the allocator with garbage; 200 ms of messages keeps that small.
+      'js.consumer.max.cache.size.per.worker.ms': 200,
       rebalance_cb: (err: KafkaJS.LibrdKafkaError, assignment: TopicPartition[]) =>
         this.onRebalance(err, assignment),
     });

@@ -5,7 +5,7 @@
  */
 import type { ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { spawnTied, stopChild } from '../deploy/local/child-process.js';
+import { serviceAllocatorEnv, spawnTied, stopChild } from '../deploy/local/child-process.js';
 import { sleep } from '../shared/lifecycle.js';
 
 /** Lines of output kept for failure messages. */
@@ -28,7 +28,9 @@ export class BenchProcess {
     env: Record<string, string>,
     options: { command?: string; keepStdout?: boolean; discardStdout?: boolean } = {},
   ) {
-    const childEnv: NodeJS.ProcessEnv = { ...process.env, ...env };
+    // Every Node contender, service or baseline, runs on the allocator the services ship with.
+    const allocator = options.command === undefined ? serviceAllocatorEnv() : {};
+    const childEnv: NodeJS.ProcessEnv = { ...process.env, ...allocator, ...env };
     delete childEnv.NODE_TEST_CONTEXT;
     this.child = spawnTied(options.command ?? process.execPath, args, {
       env: childEnv,

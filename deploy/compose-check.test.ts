@@ -420,6 +420,29 @@ describe('Dockerfile', () => {
     assert.match(repoFile('deploy/local/install.sh'), /CKJS_LINKING=dynamic/);
   });
 
+  test('the services run on jemalloc, installed, linked where LD_PRELOAD points, and checked', () => {
+    const runtime = stages.find((s) => s.name === 'runtime')?.instructions ?? [];
+    const env = runtime
+      .filter((i) => i.keyword === 'ENV')
+      .map((i) => i.args)
+      .join(' ');
+    const preload = /LD_PRELOAD=(\S+)/.exec(env)?.[1];
+    assert.equal(preload, '/usr/local/lib/libjemalloc.so.2');
+    const runs = runtime.filter((i) => i.keyword === 'RUN').map((i) => i.args);
+    assert.ok(
+      runs.some(
+        (run) => run.includes('libjemalloc2') && run.includes(`ln -s`) && run.includes(preload),
+      ),
+      'libjemalloc2 installed and linked at the LD_PRELOAD path',
+    );
+    assert.ok(
+      runs.some((run) => run.includes('/proc/self/maps') && run.includes('libjemalloc')),
+      'the image build fails when the preload does not take',
+    );
+    // The local stack preloads the same library (deploy/local/child-process.ts).
+    assert.match(repoFile('deploy/local/install.sh'), /libjemalloc2/);
+  });
+
   for (const name of APP_SERVICES) {
     test(`${name}: non-root, HEALTHCHECK on /readyz, Node as PID 1`, () => {
       const instructions = effectiveInstructions(stages, name);

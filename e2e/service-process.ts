@@ -6,7 +6,7 @@
  */
 import type { ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { spawnTied, waitForExit } from '../deploy/local/child-process.js';
+import { serviceAllocatorEnv, spawnTied, waitForExit } from '../deploy/local/child-process.js';
 import { sleep } from '../shared/lifecycle.js';
 
 /** Lines of the child's output kept for the failure message. */
@@ -52,7 +52,7 @@ export class ServiceProcess {
 
   start(): void {
     if (this.running) throw new Error(`${this.name} is already running`);
-    const env: NodeJS.ProcessEnv = { ...process.env, ...this.env };
+    const env: NodeJS.ProcessEnv = { ...process.env, ...serviceAllocatorEnv(), ...this.env };
     // The child is a plain service, not a test file.
     delete env.NODE_TEST_CONTEXT;
     const child = spawnTied(process.execPath, [this.main], {

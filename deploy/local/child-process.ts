@@ -1,5 +1,5 @@
 import { type ChildProcess, type SpawnOptions, spawn, spawnSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { sleep } from '../../shared/lifecycle.js';
 
 /**
@@ -136,4 +136,26 @@ export function lastLines(text: string, count: number): string[] {
   const lines = text.split('\n');
   while (lines.length > 0 && lines[lines.length - 1]?.trim() === '') lines.pop();
   return lines.slice(-count);
+}
+
+/** Where Debian's libjemalloc2 and the container image put jemalloc. */
+const JEMALLOC_PATHS = [
+  '/usr/local/lib/libjemalloc.so.2',
+  '/usr/lib/x86_64-linux-gnu/libjemalloc.so.2',
+  '/usr/lib/aarch64-linux-gnu/libjemalloc.so.2',
+];
+
+/**
+ * The environment that runs a Node service on jemalloc, as the container image does (see
+ * docs/ARCHITECTURE.md, Performance: memory). glibc's malloc keeps what a catch-up's per-record
+ * buffers freed as fragmented heap, 300–400 MiB that never returns to the system; jemalloc hands
+ * it back within seconds. Empty when jemalloc is not installed (`make install` installs it) or
+ * when the caller chose a preload of its own.
+ */
+export function serviceAllocatorEnv(env: NodeJS.ProcessEnv = process.env): Record<string, string> {
+  if (env.LD_PRELOAD !== undefined) return {};
+  const library = JEMALLOC_PATHS.find((path) => existsSync(path));
+  if (library === undefined) return {};
+  // A background thread returns freed pages on time even while the service is idle.
+  return { LD_PRELOAD: library, MALLOC_CONF: env.MALLOC_CONF ?? 'background_thread:true' };
 }

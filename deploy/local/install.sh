@@ -19,7 +19,7 @@ die() { printf '\033[31m[install] error:\033[0m %s\n' "$*" >&2; exit 1; }
 
 # --- 1. Debian packages -------------------------------------------------------
 apt_packages=(build-essential pkg-config libssl-dev libsasl2-dev libzstd-dev liblz4-dev
-  zlib1g-dev libcurl4-openssl-dev postgresql-15 default-jre-headless maven prometheus)
+  zlib1g-dev libcurl4-openssl-dev libjemalloc2 postgresql-15 default-jre-headless maven prometheus)
 # `make bench` only: kcat, the raw-consume baseline.
 if [[ ${INSTALL_BENCH_TOOLS:-} == 1 ]]; then apt_packages+=(kcat); fi
 missing=()

@@ -9,7 +9,13 @@ import { join, relative } from 'node:path';
 import { createInterface } from 'node:readline';
 import { ConfigReader } from '../../shared/config-reader.js';
 import { sleep } from '../../shared/lifecycle.js';
-import { commandLine, isAlive, spawnTied, stopChild } from './child-process.js';
+import {
+  commandLine,
+  isAlive,
+  serviceAllocatorEnv,
+  spawnTied,
+  stopChild,
+} from './child-process.js';
 import { isPortFree } from './free-port.js';
 import { formatLogLine } from './log-format.js';
 import { type LocalStack, REPO_ROOT, startLocalStack } from './stack.js';
@@ -290,6 +296,7 @@ async function main(): Promise<void> {
 
   const env: NodeJS.ProcessEnv = {
     ...process.env,
+    ...serviceAllocatorEnv(),
     KAFKA_BROKERS: stack.kafkaBrokers,
     DATABASE_URL: stack.databaseUrl,
     INGEST_PORT: String(config.ingestPort),

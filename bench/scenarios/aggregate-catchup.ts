@@ -66,7 +66,28 @@ export const aggregateCatchup: Scenario = {
     contenders.push({
       name: 'kafkajs-eachMessage',
       role: 'baseline',
-      run: () => kafkajsConsume(context, topic, inTopic, config.catchupCapSec),
+      run: () =>
+        baselineConsume(
+          context,
+          'kafkajs-eachMessage',
+          'kafkajs-consumer.js',
+          topic,
+          inTopic,
+          config.catchupCapSec,
+        ),
+    });
+    contenders.push({
+      name: 'client-consume',
+      role: 'baseline',
+      run: () =>
+        baselineConsume(
+          context,
+          'client-consume',
+          'client-consumer.js',
+          topic,
+          inTopic,
+          config.catchupCapSec,
+        ),
     });
     contenders.push({ name: 'aggregator-workers-0', role: 'target', run: aggregator(0) });
 
@@ -147,19 +168,22 @@ export const aggregateCatchup: Scenario = {
 
 const BENCH_PARTITIONS_TEXT = '6 partitions';
 
-async function kafkajsConsume(
+/** A consumer baseline in its own process (`bench/baselines/<script>`), reading `topic` once. */
+async function baselineConsume(
   context: BenchContext,
+  name: string,
+  script: string,
   topic: string,
   records: number,
   capSec: number,
 ): Promise<ConsumeRun> {
   const consumer = new BenchProcess(
-    'kafkajs-eachMessage',
-    [distScript('baselines/kafkajs-consumer.js')],
+    name,
+    [distScript(`baselines/${script}`)],
     {
       KAFKA_BROKERS: context.kafkaBrokers,
       TOPIC: topic,
-      GROUP: context.topics.name('kafkajs'),
+      GROUP: context.topics.name(name.split('-')[0] ?? name),
       EXPECTED: String(records),
       CAP_SEC: String(capSec),
     },
@@ -177,6 +201,6 @@ async function kafkajsConsume(
     };
     return { ...parsed, capped: parsed.cappedAtSec !== null };
   } catch {
-    throw new Error(`the KafkaJS consumer printed no result${consumer.tail()}`);
+    throw new Error(`${name} printed no result${consumer.tail()}`);
   }
 }

@@ -15,9 +15,7 @@ import {
 import { createTestResources, type TestResources } from '../e2e/test-resources.js';
 import { createLogger } from '../shared/logger.js';
 import { freeTcpPort, stackFromEnv, waitFor } from '../shared/testing.js';
-import { readAggregatorConfig } from './config.js';
 import { MAX_DEAD_LETTER_BYTES } from './dead-letter.js';
-import { startAggregator } from './service.js';
 
 const stack = stackFromEnv();
 const logger = createLogger('test', 'warn');
@@ -84,11 +82,7 @@ async function deadLetterSetup(
     FLUSH_INTERVAL_SEC: '0.2',
     WORKERS: '2',
   };
-  const aggregator = await startAggregator(
-    readAggregatorConfig(env),
-    logger.child({ service: 'aggregator' }),
-  );
-  resources.defer('closing the aggregator', () => aggregator.close());
+  const _aggregator = await resources.startAggregator(env);
   const { produce, close } = await rawProducer(resources);
   resources.defer('closing the producer', close);
   const deadLetters: DeadLetterSeen[] = [];

@@ -18,13 +18,9 @@ import {
   windowStartOf,
 } from '../e2e/activity-oracle.js';
 import { createTestResources } from '../e2e/test-resources.js';
-import { readIngestConfig } from '../ingest/config.js';
-import { startIngest } from '../ingest/service.js';
 import { withDeadline } from '../shared/lifecycle.js';
 import { createLogger } from '../shared/logger.js';
 import { freeTcpPort, stackFromEnv, waitFor } from '../shared/testing.js';
-import { readAggregatorConfig } from './config.js';
-import { startAggregator } from './service.js';
 
 const stack = stackFromEnv();
 const logger = createLogger('test', 'warn');
@@ -49,14 +45,8 @@ test('an event resent by the client or written twice by the producer is counted 
     FLUSH_INTERVAL_SEC: '0.2',
     WORKERS: '1',
   };
-  await resources.createTopic(3);
-  const ingest = await startIngest(readIngestConfig(env), logger.child({ service: 'ingest' }));
-  resources.defer('closing ingest', () => ingest.close());
-  const aggregator = await startAggregator(
-    readAggregatorConfig(env),
-    logger.child({ service: 'aggregator' }),
-  );
-  resources.defer('closing the aggregator', () => aggregator.close());
+  const ingest = await resources.startIngest(env);
+  const aggregator = await resources.startAggregator(env);
 
   // 600 events over three windows; two in three carry a client event_id, the rest get one from
   // ingest.

@@ -22,13 +22,9 @@ import {
 } from '../e2e/activity-oracle.js';
 import { AggregatorProcess } from '../e2e/aggregator-process.js';
 import { createTestResources } from '../e2e/test-resources.js';
-import { readIngestConfig } from '../ingest/config.js';
-import { startIngest } from '../ingest/service.js';
 import { sleep } from '../shared/lifecycle.js';
 import { createLogger } from '../shared/logger.js';
 import { freeTcpPort, stackFromEnv } from '../shared/testing.js';
-import { readAggregatorConfig } from './config.js';
-import { startAggregator } from './service.js';
 
 const stack = stackFromEnv();
 const logger = createLogger('test', 'warn');
@@ -54,15 +50,8 @@ test('the view equals an oracle of the accepted events in every window', async (
     BATCH_SIZE: '500',
     WORKERS: '2',
   };
-  // Created here, with its partitions, before ingest looks for it.
-  await resources.createTopic(Number(env.TOPIC_PARTITIONS));
-  const ingest = await startIngest(readIngestConfig(env), logger.child({ service: 'ingest' }));
-  resources.defer('closing ingest', () => ingest.close());
-  const aggregator = await startAggregator(
-    readAggregatorConfig(env),
-    logger.child({ service: 'aggregator' }),
-  );
-  resources.defer('closing the aggregator', () => aggregator.close());
+  const ingest = await resources.startIngest(env);
+  const _aggregator = await resources.startAggregator(env);
 
   // Four complete windows in the recent past, events in random order, including the first and
   // the last millisecond of each window.
@@ -114,10 +103,7 @@ test('SIGKILL at random moments loses nothing and counts nothing twice', async (
     TOPIC_PARTITIONS: '6',
     INGEST_PORT: String(await freeTcpPort()),
   };
-  // Created here, with its partitions, before ingest looks for it.
-  await resources.createTopic(Number(env.TOPIC_PARTITIONS));
-  const ingest = await startIngest(readIngestConfig(env), logger.child({ service: 'ingest' }));
-  resources.defer('closing ingest', () => ingest.close());
+  const ingest = await resources.startIngest(env);
   const aggregator = new AggregatorProcess({
     ...resources.env,
     AGGREGATOR_PORT: String(await freeTcpPort()),

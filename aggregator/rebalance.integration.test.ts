@@ -19,8 +19,6 @@ import {
 } from '../e2e/activity-oracle.js';
 import { AggregatorProcess } from '../e2e/aggregator-process.js';
 import { createTestResources } from '../e2e/test-resources.js';
-import { readIngestConfig } from '../ingest/config.js';
-import { startIngest } from '../ingest/service.js';
 import { sleep } from '../shared/lifecycle.js';
 import { createLogger } from '../shared/logger.js';
 import { freeTcpPort, stackFromEnv, waitFor } from '../shared/testing.js';
@@ -43,13 +41,7 @@ test('instances of one group hand partitions over on stop and on stall, exactly'
     TOPIC_PARTITIONS: String(PARTITIONS),
     INGEST_PORT: String(await freeTcpPort()),
   };
-  // Created here, with its partitions, before ingest looks for it.
-  await resources.createTopic(PARTITIONS);
-  const ingest = await startIngest(
-    readIngestConfig(ingestEnv),
-    logger.child({ service: 'ingest' }),
-  );
-  resources.defer('closing ingest', () => ingest.close());
+  const ingest = await resources.startIngest(ingestEnv);
 
   const instance = async (): Promise<AggregatorProcess> => {
     const aggregator = new AggregatorProcess({

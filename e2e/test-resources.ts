@@ -4,6 +4,10 @@
  * that cleanup can never hang a run.
  */
 import pg from 'pg';
+import { readAggregatorConfig } from '../aggregator/config.js';
+import { type AggregatorService, startAggregator } from '../aggregator/service.js';
+import { readIngestConfig } from '../ingest/config.js';
+import { type IngestService, startIngest } from '../ingest/service.js';
 import { createKafka, ensureTopic, type Kafka } from '../shared/kafka-client.js';
 import { sleep, withDeadline } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
@@ -29,6 +33,13 @@ export interface TestResources {
   createTopic(partitions: number): Promise<void>;
   /** Registers a close (of a service the test started) to run at cleanup, newest first. */
   defer(what: string, close: () => Promise<unknown>): void;
+  /**
+   * Creates the topic with `TOPIC_PARTITIONS` of `env` (so that ingest finds it with its
+   * partitions) and starts ingest in this process; cleanup closes it.
+   */
+  startIngest(env: Record<string, string>): Promise<IngestService>;
+  /** Starts an aggregator in this process; cleanup closes it. */
+  startAggregator(env: Record<string, string>): Promise<AggregatorService>;
   /**
    * Runs the deferred closes, each under a deadline, then deletes the topics, the group and the
    * schema. Throws the first close that failed or hung: a shutdown bug fails the test.
@@ -79,6 +90,20 @@ export async function createTestResources(
     ];
     await Promise.allSettled(steps.map((step) => withDeadline(step, 15_000, 'test cleanup')));
   };
+  const createTopic = async (partitions: number): Promise<void> => {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await ensureTopic(kafka, topic, partitions);
+        return;
+      } catch (err) {
+        if (attempt >= 10) throw err;
+        await sleep(300);
+      }
+    }
+  };
+  const defer = (what: string, close: () => Promise<unknown>): void => {
+    deferred.push({ what, close });
+  };
   return {
     topic,
     deadLetterTopic,
@@ -94,19 +119,21 @@ export async function createTestResources(
       TOPIC: topic,
       CONSUMER_GROUP: group,
     },
-    createTopic: async (partitions) => {
-      for (let attempt = 1; ; attempt++) {
-        try {
-          await ensureTopic(kafka, topic, partitions);
-          return;
-        } catch (err) {
-          if (attempt >= 10) throw err;
-          await sleep(300);
-        }
-      }
+    createTopic,
+    defer,
+    startIngest: async (env) => {
+      await createTopic(Number(env.TOPIC_PARTITIONS ?? '6'));
+      const ingest = await startIngest(readIngestConfig(env), logger.child({ service: 'ingest' }));
+      defer('closing ingest', () => ingest.close());
+      return ingest;
     },
-    defer: (what, close) => {
-      deferred.push({ what, close });
+    startAggregator: async (env) => {
+      const aggregator = await startAggregator(
+        readAggregatorConfig(env),
+        logger.child({ service: 'aggregator' }),
+      );
+      defer('closing the aggregator', () => aggregator.close());
+      return aggregator;
     },
     cleanup: async () => {
       let failure: unknown;

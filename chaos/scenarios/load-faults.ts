@@ -58,8 +58,9 @@ const SOAK_FAULTS = [aggregatorKill, postgresTerminate, ingestKill];
 export const soak: Scenario = {
   name: 'soak',
   fault: 'soak: steady load, one fault every ~50 s',
-  // 12 cycles of about 51 s: the 10 minutes of steady load with periodic faults the issue asks.
-  defaultCycles: 12,
+  // 20 cycles of about 51 s, as every scenario: 17 minutes, past the 10 of steady load with
+  // periodic faults the soak must last.
+  defaultCycles: 20,
   aggregators: 1,
   pipeline: { aggregatorEnv: { CHAOS_PAUSE_BEFORE_COMMIT_MS: COMMIT_PAUSE_MS } },
   async cycle(context, index) {

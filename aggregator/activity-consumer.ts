@@ -1,6 +1,6 @@
 import kafkaJavascript, { type KafkaJS } from '@confluentinc/kafka-javascript';
 import type { Kafka } from '../shared/kafka-client.js';
-import { sleep } from '../shared/lifecycle.js';
+import { sleep, withDeadline } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
 import type { Aggregation } from './aggregation.js';
 import type { Database } from './database.js';
@@ -13,6 +13,8 @@ type TopicPartition = { topic: string; partition: number; offset?: number };
 
 /** librdkafka's logical offset for "the beginning of the partition". */
 const OFFSET_BEGINNING = -2;
+/** How long a clean stop waits for the last monitoring commit. */
+const COMMIT_WAIT_ON_CLOSE_MS = 3_000;
 /** The seed's write policy: 3 attempts with backoff, then pause and keep trying. */
 const WRITE_BACKOFF_MS = [500, 1000, 2000];
 
@@ -49,6 +51,8 @@ export class ActivityConsumer {
   /** The timer's flush while it runs: a tick during a slow flush is skipped, not queued. */
   private timedFlush: Promise<void> | undefined;
   private stopping = false;
+  /** The monitoring commit in flight, if any (see `commitForMonitoring`). */
+  private commit: Promise<void> | undefined;
 
   constructor(
     kafka: Kafka,
@@ -169,9 +173,20 @@ export class ActivityConsumer {
     this.writesOk = true;
     this.resume('database');
     if (this.aggregation.heldIds <= this.options.maxHeldUserIds * 0.9) this.resume('memory');
-    if (reflected.size === 0) return;
-    // Lag monitoring only: positions on assignment come from PostgreSQL.
-    await this.consumer
+    if (reflected.size > 0) this.commitForMonitoring(reflected);
+  }
+
+  /**
+   * Commits the offsets the rows reflect, for lag monitoring only (positions on assignment come
+   * from PostgreSQL). Never awaited: the client's commit is synchronous librdkafka on a libuv
+   * thread, and with the coordinator gone (a broker frozen and fenced on resumption) it can wait
+   * for minutes. Awaited, it held the flush, the batch that triggered the flush, and with it all
+   * consumption — a chaos run saw the aggregator stop for good after a broker stall. At most one
+   * commit is in flight; a newer one waits for the next flush.
+   */
+  private commitForMonitoring(reflected: Map<number, number>): void {
+    if (this.commit !== undefined) return;
+    this.commit = this.consumer
       .commitOffsets(
         [...reflected].map(([partition, offset]) => ({
           topic: this.options.topic,
@@ -179,7 +194,10 @@ export class ActivityConsumer {
           offset: String(offset + 1),
         })),
       )
-      .catch((err: unknown) => this.logger.debug({ err }, 'offset commit for monitoring failed'));
+      .catch((err: unknown) => this.logger.debug({ err }, 'offset commit for monitoring failed'))
+      .finally(() => {
+        this.commit = undefined;
+      });
   }
 
   /** Stops consuming, waits for the batches in hand, final flush, commit, leave the group. */
@@ -190,6 +208,12 @@ export class ActivityConsumer {
     await Promise.allSettled(this.batchesInHand);
     try {
       await this.flush();
+      // The last monitoring commit, so that lag reads 0 after a clean stop; bounded, as above.
+      if (this.commit !== undefined) {
+        await withDeadline(this.commit, COMMIT_WAIT_ON_CLOSE_MS, 'the last offset commit').catch(
+          () => {},
+        );
+      }
     } finally {
       await this.consumer.disconnect();
     }

@@ -5,11 +5,14 @@
  * event acknowledged more than 5 s ago visible in the view), the peak memory of the services,
  * and the verdict once the run has settled.
  */
+import { createWriteStream, type WriteStream } from 'node:fs';
+import { join } from 'node:path';
 import pg from 'pg';
 import { readWindowTotals, type WindowTotals } from '../e2e/activity-oracle.js';
 import { AggregatorProcess } from '../e2e/aggregator-process.js';
 import { IngestProcess } from '../e2e/ingest-process.js';
 import { OutcomeLedger, type Verdict } from '../e2e/outcome-ledger.js';
+import type { ServiceProcess } from '../e2e/service-process.js';
 import { createTestResources, type TestResources } from '../e2e/test-resources.js';
 import { sleep, withDeadline } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
@@ -46,6 +49,8 @@ export class ChaosPipeline {
   readonly problems: string[] = [];
   private lastView: WindowTotals[] = [];
   private worstOvershoot = 0;
+  /** Every line of every service, in `<stack dir>/<scenario>.<service>-<n>.log`. */
+  private readonly logs: WriteStream[] = [];
 
   constructor(
     readonly stack: ChaosStack,
@@ -81,9 +86,10 @@ export class ChaosPipeline {
       ACK_TIMEOUT_SEC: '5',
       REQUEST_TIMEOUT_SEC: '8',
       SHUTDOWN_GRACE_SEC: '10',
-      LOG_LEVEL: 'warn',
+      LOG_LEVEL: 'info',
       ...this.options.ingestEnv,
     });
+    this.keepLog(this.ingest, 'ingest');
     this.ingest.start();
     await this.ingest.waitReady(30_000);
     for (let i = 0; i < aggregators; i++) await this.addAggregator();
@@ -120,9 +126,10 @@ export class ChaosPipeline {
       SESSION_TIMEOUT_SEC: String(SESSION_TIMEOUT_SEC),
       SHUTDOWN_GRACE_SEC: '10',
       DATABASE_QUERY_TIMEOUT_SEC: '3',
-      LOG_LEVEL: 'warn',
+      LOG_LEVEL: 'info',
       ...this.options.aggregatorEnv,
     });
+    this.keepLog(aggregator, `aggregator-${this.aggregators.length + 1}`);
     if (start) aggregator.start();
     this.aggregators.push(aggregator);
     return aggregator;
@@ -234,6 +241,14 @@ export class ChaosPipeline {
       () => {},
     );
     await this.resources?.cleanup().catch(() => {});
+    for (const log of this.logs) log.end();
+  }
+
+  /** Writes every line `service` prints, across its restarts, to a file beside the stack's data. */
+  private keepLog(service: ServiceProcess, label: string): void {
+    const log = createWriteStream(join(this.stack.dir, `${this.name}.${label}.log`));
+    this.logs.push(log);
+    service.onOutput((line) => log.write(`${line}\n`));
   }
 
   /** The last output of every service, for a failure report. */

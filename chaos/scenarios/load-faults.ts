@@ -52,22 +52,22 @@ export const clockSkew: Scenario = {
 /** Samples of the aggregator's open-window state during the soak. */
 const soakSamples: Array<{ openWindows: number; heldUsers: number; rss: number }> = [];
 
-/** One fault of the soak per minute, in turn; the rest of the minute is steady load. */
+/** One fault per soak cycle, in turn; the rest of the cycle is steady load. */
 const SOAK_FAULTS = [aggregatorKill, postgresTerminate, ingestKill];
 
 export const soak: Scenario = {
   name: 'soak',
-  fault: 'soak: steady load, one fault every ~50 s',
-  // 20 cycles of about 51 s, as every scenario: 17 minutes, past the 10 of steady load with
+  fault: 'soak: steady load, one fault every ~35 s',
+  // 20 cycles as every scenario, of about 35 s each: over the 10 minutes of steady load with
   // periodic faults the soak must last.
   defaultCycles: 20,
   aggregators: 1,
   pipeline: { aggregatorEnv: { CHAOS_PAUSE_BEFORE_COMMIT_MS: COMMIT_PAUSE_MS } },
   async cycle(context, index) {
-    // Most of the minute is steady load: the state is sampled every 5 s, then one fault.
+    // Most of each cycle is steady load: the state is sampled every 5 s, then one fault.
     const startedAt = Date.now();
     const aggregator = context.pipeline.aggregators[0] as AggregatorProcess;
-    while (Date.now() - startedAt < 45_000) {
+    while (Date.now() - startedAt < 30_000) {
       await sleep(5_000);
       const openWindows = await aggregator.metric('aggregator_open_windows');
       const heldUsers = await aggregator.metric('aggregator_held_user_ids');

@@ -26,6 +26,8 @@ import {
 
 const logger = createLogger('test', 'error');
 let stack: ChaosStack;
+/** Scenarios that passed; unless all did, the stack's folder (with the services' logs) is kept. */
+let passed = 0;
 
 before(async () => {
   stack = await ChaosStack.start(`test/chaos-${process.pid}`);
@@ -33,7 +35,8 @@ before(async () => {
 
 after(async () => {
   await withDeadline(stack.stop(), 40_000, 'stopping the chaos stack');
-  await stack.remove();
+  if (passed < SHORT.length) console.log(`chaos: the services' logs are kept in ${stack.dir}`);
+  else await stack.remove();
 });
 
 const SHORT: Array<[Scenario, number]> = [
@@ -66,5 +69,6 @@ for (const [index, [scenario, cycles]] of SHORT.entries()) {
     assert.ok(result.acknowledged > 0, 'ingest acknowledged no event');
     assert.equal(result.lost, 0);
     assert.equal(result.doubleCounted, 0);
+    passed++;
   });
 }

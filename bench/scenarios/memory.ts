@@ -31,20 +31,29 @@ interface MemoryRun {
   bytesPerUserAfterCatchup: number;
 }
 
-/** RSS stops counting as falling when 5 samples a second apart are within 1 % of each other. */
+/**
+ * RSS counts as settled once 5 samples a second apart lie within 1 % of each other, and not
+ * before 30 s: the catch-up's garbage is freed by V8's next full collection, which its memory
+ * reducer starts only once allocation has been quiet for a while, and the allocator then returns
+ * the pages over its decay time (jemalloc: 10 s).
+ */
 const SETTLE_SAMPLES = 5;
-const SETTLE_LIMIT_MS = 60_000;
+const SETTLE_MIN_MS = 30_000;
+const SETTLE_LIMIT_MS = 90_000;
 
-/** Samples RSS every second until it no longer falls (or a minute passed); returns the last. */
+/** Samples RSS every second until it no longer falls (or 90 s passed); returns the last. */
 async function settledRss(pid: number): Promise<{ rss: number; seconds: number }> {
   const startedAt = Date.now();
   const samples: number[] = [];
   for (;;) {
     samples.push(rssBytes(pid) ?? 0);
     const recent = samples.slice(-SETTLE_SAMPLES);
+    const elapsed = Date.now() - startedAt;
     const stable =
-      recent.length === SETTLE_SAMPLES && Math.max(...recent) <= Math.min(...recent) * 1.01;
-    if (stable || Date.now() - startedAt > SETTLE_LIMIT_MS) {
+      elapsed >= SETTLE_MIN_MS &&
+      recent.length === SETTLE_SAMPLES &&
+      Math.max(...recent) <= Math.min(...recent) * 1.01;
+    if (stable || elapsed > SETTLE_LIMIT_MS) {
       return { rss: samples.at(-1) ?? 0, seconds: (Date.now() - startedAt) / 1000 };
     }
     await sleep(1_000);
@@ -133,7 +142,7 @@ export const memory: Scenario = {
     }
     return {
       scenario: 'memory',
-      method: `${num(records)} events of ${num(records)} distinct users in one open window (WINDOW_SEC=3600, ALLOWED_LATENESS_SEC=3600, WORKERS=2, the default), read from a pre-filled topic; bytes/user = (RSS with every user held, once settled − RSS when /healthz first answers, before any record is read) ÷ aggregator_held_user_ids. Settled: sampled every second from two flush intervals after the last user, until ${SETTLE_SAMPLES} samples in a row lie within 1 % (at most ${SETTLE_LIMIT_MS / 1000} s), so that the catch-up's freed garbage is not counted as user state; the figure right after the catch-up is reported beside it. RSS from /proc (main thread, worker threads, librdkafka, everything), the service on the allocator it ships with (jemalloc where installed); ${config.runs} runs`,
+      method: `${num(records)} events of ${num(records)} distinct users in one open window (WINDOW_SEC=3600, ALLOWED_LATENESS_SEC=3600, WORKERS=2, the default), read from a pre-filled topic; bytes/user = (RSS with every user held, once settled − RSS when /healthz first answers, before any record is read) ÷ aggregator_held_user_ids. Settled: sampled every second from two flush intervals after the last user, for at least ${SETTLE_MIN_MS / 1000} s and until ${SETTLE_SAMPLES} samples in a row lie within 1 % (at most ${SETTLE_LIMIT_MS / 1000} s), so that the catch-up's freed garbage is not counted as user state; the figure right after the catch-up is reported beside it. RSS from /proc (main thread, worker threads, librdkafka, everything), the service on the allocator it ships with (jemalloc where installed); ${config.runs} runs`,
       startedAt: startedAt.toISOString(),
       durationSec: (Date.now() - startedAt.getTime()) / 1000,
       contenders: [

@@ -82,7 +82,7 @@ async function deadLetterSetup(
     FLUSH_INTERVAL_SEC: '0.2',
     WORKERS: '2',
   };
-  const _aggregator = await resources.startAggregator(env);
+  await resources.startAggregator(env);
   const { produce, close } = await rawProducer(resources);
   resources.defer('closing the producer', close);
   const deadLetters: DeadLetterSeen[] = [];

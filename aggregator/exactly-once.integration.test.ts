@@ -51,7 +51,7 @@ test('the view equals an oracle of the accepted events in every window', async (
     WORKERS: '2',
   };
   const ingest = await resources.startIngest(env);
-  const _aggregator = await resources.startAggregator(env);
+  await resources.startAggregator(env);
 
   // Four complete windows in the recent past, events in random order, including the first and
   // the last millisecond of each window.

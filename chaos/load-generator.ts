@@ -44,10 +44,8 @@ export class LoadGenerator {
   private readonly random: SeededRandom;
   private running = false;
   private loop: Promise<void> | undefined;
-  private readonly inFlight = new Set<Promise<void>>();
-  /** When each request in flight was sent, by request number. */
-  private readonly sentAt = new Map<number, number>();
-  private requests = 0;
+  /** The requests in flight, with the time each was sent. */
+  private readonly inFlight = new Map<Promise<void>, number>();
   private readonly listeners = new Set<(record: RequestRecord) => void>();
   private sequence = 0;
   /** Requests by status (0: no answer) and, for errors, code. */
@@ -71,8 +69,9 @@ export class LoadGenerator {
       while (this.running) {
         if (this.inFlight.size >= (this.options.maxInFlight ?? 64)) this.skippedTicks++;
         else {
+          const sentAt = Date.now();
           const sending = this.send().finally(() => this.inFlight.delete(sending));
-          this.inFlight.add(sending);
+          this.inFlight.set(sending, sentAt);
         }
         due += intervalMs;
         await sleep(Math.max(0, due - Date.now()));
@@ -84,13 +83,13 @@ export class LoadGenerator {
   async stop(): Promise<void> {
     this.running = false;
     await this.loop;
-    await Promise.all([...this.inFlight]);
+    await Promise.all(this.inFlight.keys());
   }
 
   /** How long the oldest request still in flight has been waiting for its answer; 0 when none. */
   oldestInFlightMs(nowMs: number): number {
     let oldest = nowMs;
-    for (const at of this.sentAt.values()) if (at < oldest) oldest = at;
+    for (const at of this.inFlight.values()) if (at < oldest) oldest = at;
     return nowMs - oldest;
   }
 
@@ -114,13 +113,8 @@ export class LoadGenerator {
   private async send(): Promise<void> {
     const events = Array.from({ length: this.options.batchSize }, () => this.nextEvent());
     const settles = events.map((event) => this.options.ledger.sent(event));
-    const body = JSON.stringify(events);
     const startedAt = Date.now();
-    const request = ++this.requests;
-    this.sentAt.set(request, startedAt);
-    const reply = await post(this.options.port, body, this.options).finally(() =>
-      this.sentAt.delete(request),
-    );
+    const reply = await post(this.options.port, JSON.stringify(events), this.options);
     const endedAt = Date.now();
     settleAll(settles, reply);
     const key = reply.status === 200 ? '200' : `${reply.status} ${reply.code}`;

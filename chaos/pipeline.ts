@@ -49,7 +49,7 @@ export class ChaosPipeline {
   readonly problems: string[] = [];
   private lastView: WindowTotals[] = [];
   private worstOvershoot = 0;
-  /** Every line of every service, in `<stack dir>/<scenario>.<service>-<n>.log`. */
+  /** Every line of every service, in `<stack dir>/<scenario>.<ingest|aggregator-n>.log`. */
   private readonly logs: WriteStream[] = [];
 
   constructor(

@@ -184,7 +184,7 @@ async function baselineConsume(
     {
       KAFKA_BROKERS: context.kafkaBrokers,
       TOPIC: topic,
-      GROUP: context.topics.name(name.split('-')[0] ?? name),
+      GROUP: context.topics.name(name),
       EXPECTED: String(records),
       CAP_SEC: String(capSec),
     },

@@ -6,9 +6,11 @@ import type { Aggregation } from './aggregation.js';
 import type { Database } from './database.js';
 import type { AggregatorMetrics } from './metrics.js';
 import { loadCheckpoint } from './partition-recovery.js';
+import { type Position, recordsWaiting, StallDetector } from './stall-detector.js';
 
-const { ErrorCodes, PartitionAssigners } = kafkaJavascript.KafkaJS;
+const { ErrorCodes, IsolationLevel, PartitionAssigners } = kafkaJavascript.KafkaJS;
 type Consumer = ReturnType<Kafka['consumer']>;
+type Admin = ReturnType<Kafka['admin']>;
 type TopicPartition = { topic: string; partition: number; offset?: number };
 
 /** librdkafka's logical offset for "the beginning of the partition". */
@@ -17,6 +19,8 @@ const OFFSET_BEGINNING = -2;
 const COMMIT_WAIT_ON_CLOSE_MS = 3_000;
 /** The seed's write policy: 3 attempts with backoff, then pause and keep trying. */
 const WRITE_BACKOFF_MS = [500, 1000, 2000];
+/** How long a stalled consumer may take to leave the group before the process gives up. */
+const REPLACE_DISCONNECT_DEADLINE_MS = 15_000;
 
 export interface ActivityConsumerOptions {
   topic: string;
@@ -30,6 +34,11 @@ export interface ActivityConsumerOptions {
   concurrency: number;
   /** Consumption pauses while open windows hold more user ids and event ids than this. */
   maxHeldUserIds: number;
+  /**
+   * The consumer is replaced when it delivers nothing for this long while records wait and
+   * nothing excuses it (see `StallDetector`).
+   */
+  stallTimeoutMs: number;
 }
 
 /**
@@ -43,8 +52,21 @@ export interface ActivityConsumerOptions {
  * ever skipped.
  */
 export class ActivityConsumer {
-  private readonly consumer: Consumer;
+  private consumer: Consumer;
+  /** Reads the partitions' end offsets for the stall watchdog and the lag gauge. */
+  private readonly admin: Admin;
+  /** Counts consumers made: batches of a replaced one are ignored. */
+  private generation = 0;
   private timer: NodeJS.Timeout | undefined;
+  private watchdog: NodeJS.Timeout | undefined;
+  private readonly stall: StallDetector;
+  /** Batches delivered so far, and each assigned partition's next offset to deliver. */
+  private deliveries = 0;
+  private readonly positions = new Map<number, Position>();
+  /** Rebalance callbacks running (they read checkpoints, flush): deliveries wait meanwhile. */
+  private rebalancing = 0;
+  /** The replacement of a stalled consumer, while it runs. */
+  private replacing: Promise<void> | undefined;
   private writesOk = true;
   private pausedFor = new Set<'database' | 'memory'>();
   private readonly batchesInHand = new Set<Promise<void>>();
@@ -55,21 +77,27 @@ export class ActivityConsumer {
   private commit: Promise<void> | undefined;
 
   constructor(
-    kafka: Kafka,
+    private readonly kafka: Kafka,
     private readonly aggregation: Aggregation,
     private readonly db: Database,
     private readonly options: ActivityConsumerOptions,
     private readonly metrics: AggregatorMetrics,
     private readonly logger: Logger,
   ) {
-    this.consumer = kafka.consumer({
+    this.consumer = this.createConsumer();
+    this.admin = kafka.admin();
+    this.stall = new StallDetector(options.stallTimeoutMs);
+  }
+
+  private createConsumer(): Consumer {
+    return this.kafka.consumer({
       kafkaJS: {
-        groupId: options.consumerGroup,
+        groupId: this.options.consumerGroup,
         autoCommit: false,
         partitionAssigners: [PartitionAssigners.cooperativeSticky],
-        sessionTimeout: options.sessionTimeoutMs,
+        sessionTimeout: this.options.sessionTimeoutMs,
         // Several heartbeats per session, as the broker expects (librdkafka's default is 3 s).
-        heartbeatInterval: Math.min(3000, Math.floor(options.sessionTimeoutMs / 3)),
+        heartbeatInterval: Math.min(3000, Math.floor(this.options.sessionTimeoutMs / 3)),
       },
       // The default of 32 is too small to be worth a worker round trip.
       'js.consumer.max.batch.size': 2000,
@@ -81,8 +109,14 @@ export class ActivityConsumer {
       // that long outlive the young generation and are promoted, so a catch-up fills the old
       // generation and the allocator with garbage; 200 ms of messages keeps that small.
       'js.consumer.max.cache.size.per.worker.ms': 200,
-      rebalance_cb: (err: KafkaJS.LibrdKafkaError, assignment: TopicPartition[]) =>
-        this.onRebalance(err, assignment),
+      rebalance_cb: async (err: KafkaJS.LibrdKafkaError, assignment: TopicPartition[]) => {
+        this.rebalancing++;
+        try {
+          return await this.onRebalance(err, assignment);
+        } finally {
+          this.rebalancing--;
+        }
+      },
     });
   }
 
@@ -92,21 +126,9 @@ export class ActivityConsumer {
   }
 
   async start(): Promise<void> {
-    await this.consumer.connect();
-    await this.consumer.subscribe({ topics: [this.options.topic] });
-    await this.consumer.run({
-      partitionsConsumedConcurrently: Math.max(1, this.options.concurrency),
-      eachBatch: async ({ batch }) => {
-        if (this.stopping) return;
-        const work = this.applyBatch(batch);
-        this.batchesInHand.add(work);
-        try {
-          await work;
-        } finally {
-          this.batchesInHand.delete(work);
-        }
-      },
-    });
+    await this.admin.connect();
+    await this.runConsumer();
+    this.scheduleWatchdog();
     this.timer = setInterval(() => {
       // A paused consumer is not reading its partitions: their silence is not idleness.
       if (this.pausedFor.size === 0) this.aggregation.finalizeIdle(Date.now());
@@ -119,6 +141,29 @@ export class ActivityConsumer {
           this.timedFlush = undefined;
         });
     }, this.options.flushIntervalMs);
+  }
+
+  /** Connects the current consumer, subscribes and starts delivering batches. */
+  private async runConsumer(): Promise<void> {
+    const generation = ++this.generation;
+    await this.consumer.connect();
+    await this.consumer.subscribe({ topics: [this.options.topic] });
+    await this.consumer.run({
+      partitionsConsumedConcurrently: Math.max(1, this.options.concurrency),
+      eachBatch: async ({ batch }) => {
+        if (this.stopping || generation !== this.generation) return;
+        this.deliveries++;
+        const last = batch.messages.at(-1);
+        if (last !== undefined) this.positions.set(batch.partition, Number(last.offset) + 1);
+        const work = this.applyBatch(batch);
+        this.batchesInHand.add(work);
+        try {
+          await work;
+        } finally {
+          this.batchesInHand.delete(work);
+        }
+      },
+    });
   }
 
   private async applyBatch(batch: KafkaJS.Batch): Promise<void> {
@@ -200,10 +245,112 @@ export class ActivityConsumer {
       });
   }
 
+  /** Looks for a stall every third of the timeout (at most every 5 s), one look at a time. */
+  private scheduleWatchdog(): void {
+    const everyMs = Math.min(5_000, Math.ceil(this.options.stallTimeoutMs / 3));
+    this.watchdog = setTimeout(() => {
+      this.watch()
+        .catch((err: unknown) => this.logger.warn({ err }, 'stall watchdog failed'))
+        .finally(() => {
+          if (!this.stopping) this.scheduleWatchdog();
+        });
+    }, everyMs);
+  }
+
+  /**
+   * One look: the partitions' end offsets from the broker refresh the lag gauge (which batches
+   * alone leave frozen when nothing is delivered) and tell the stall detector whether records
+   * wait. A consumer stalled past the timeout is replaced.
+   */
+  private async watch(): Promise<void> {
+    const positions = new Map(this.positions);
+    let ends: Map<number, { high: number; low: number }> | undefined;
+    if (positions.size > 0) {
+      try {
+        const offsets = await this.admin.fetchTopicOffsets(this.options.topic, {
+          timeout: 5_000,
+          isolationLevel: IsolationLevel.READ_UNCOMMITTED,
+        });
+        ends = new Map(
+          offsets.map((o) => [o.partition, { high: Number(o.high), low: Number(o.low) }]),
+        );
+      } catch (err) {
+        this.logger.debug({ err }, 'end offsets unavailable');
+      }
+    }
+    if (ends !== undefined) {
+      for (const [partition, position] of positions) {
+        const end = ends.get(partition);
+        if (end === undefined || !this.positions.has(partition)) continue;
+        const from = position === 'beginning' ? end.low : position;
+        this.metrics.partitionLag.set(
+          { partition: String(partition) },
+          Math.max(0, end.high - from),
+        );
+      }
+    }
+    const stalled = this.stall.observe({
+      nowMs: Date.now(),
+      deliveries: this.deliveries,
+      excused:
+        this.stopping ||
+        this.pausedFor.size > 0 ||
+        this.rebalancing > 0 ||
+        this.batchesInHand.size > 0 ||
+        this.timedFlush !== undefined,
+      recordsWaiting: ends === undefined ? undefined : recordsWaiting(positions, ends),
+    });
+    if (stalled) {
+      this.replacing = this.replaceConsumer();
+      await this.replacing.finally(() => {
+        this.replacing = undefined;
+      });
+    }
+  }
+
+  /**
+   * Replaces a consumer that stopped delivering: the stalled one leaves the group (its
+   * partitions are flushed on revocation, as on any rebalance) and a new one joins and resumes
+   * from the checkpoints in PostgreSQL. Exactly-once is kept by the checkpoints, not by the
+   * consumer. A stalled consumer that cannot even leave the group ends the process, for its
+   * supervisor to restart: nothing flushed is lost, nothing unflushed was acknowledged.
+   */
+  private async replaceConsumer(): Promise<void> {
+    const stalled = this.consumer;
+    this.logger.error(
+      { stalledForMs: this.stall.currentTimeoutMs, partitions: [...this.positions.keys()] },
+      'the consumer delivered nothing while records waited; replacing it',
+    );
+    this.metrics.consumerReplacements.inc();
+    this.generation++;
+    await Promise.allSettled(this.batchesInHand);
+    // Written while the partitions are still ours; the revocation that leaving causes has
+    // nothing left to write then.
+    await this.flush().catch(() => {});
+    try {
+      await withDeadline(stalled.disconnect(), REPLACE_DISCONNECT_DEADLINE_MS, 'leaving the group');
+    } catch (err) {
+      this.logger.fatal({ err }, 'the stalled consumer cannot leave the group; exiting');
+      process.exit(1);
+    }
+    // Revocation dropped what it flushed; anything left belongs to no consumer now.
+    this.aggregation.drop([...this.positions.keys()]);
+    this.positions.clear();
+    this.stall.replaced(this.deliveries);
+    if (this.stopping) return;
+    this.consumer = this.createConsumer();
+    await this.runConsumer();
+    if (this.pausedFor.size > 0) this.consumer.pause([{ topic: this.options.topic }]);
+    this.logger.info('consumer replaced');
+  }
+
   /** Stops consuming, waits for the batches in hand, final flush, commit, leave the group. */
   async close(): Promise<void> {
     clearInterval(this.timer);
+    clearTimeout(this.watchdog);
     this.stopping = true;
+    // A replacement under way ends with the new consumer not started (see `replaceConsumer`).
+    await this.replacing?.catch(() => {});
     this.consumer.pause([{ topic: this.options.topic }]);
     await Promise.allSettled(this.batchesInHand);
     try {
@@ -215,7 +362,11 @@ export class ActivityConsumer {
         );
       }
     } finally {
-      await this.consumer.disconnect();
+      try {
+        await this.consumer.disconnect();
+      } finally {
+        await this.admin.disconnect().catch(() => {});
+      }
     }
   }
 
@@ -251,6 +402,7 @@ export class ActivityConsumer {
         const checkpoint = await this.loadCheckpointOrExit(tp.partition);
         this.aggregation.assign(tp.partition, checkpoint);
         positioned.push({ ...tp, offset: checkpoint.replayFrom ?? OFFSET_BEGINNING });
+        this.positions.set(tp.partition, checkpoint.replayFrom ?? 'beginning');
         this.logger.info({ partition: tp.partition, ...checkpoint }, 'partition assigned');
       }
       return positioned;
@@ -266,6 +418,7 @@ export class ActivityConsumer {
       );
       this.aggregation.drop(partitions);
       for (const partition of partitions) {
+        this.positions.delete(partition);
         this.metrics.partitionLag.remove({ partition: String(partition) });
       }
       this.logger.info({ partitions }, 'partitions revoked');

@@ -113,6 +113,11 @@ export function createAggregatorMetrics(registry: Registry) {
       labelNames: ['partition'],
       registers,
     }),
+    consumerReplacements: new Counter({
+      name: 'aggregator_consumer_replacements_total',
+      help: 'Kafka consumers replaced because they delivered nothing for CONSUMER_STALL_TIMEOUT_SEC while records waited.',
+      registers,
+    }),
     rebalances: new Counter({
       name: 'aggregator_rebalances_total',
       help: 'Partition assignments and revocations seen, by type.',

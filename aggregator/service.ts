@@ -16,6 +16,8 @@ import { WorkerPool } from './worker-pool.js';
 export interface AggregatorService extends Service {
   /** Port of /healthz, /readyz and /metrics. */
   readonly port: number;
+  /** The consumer, for tests that force its faults. */
+  readonly consumer: ActivityConsumer;
 }
 
 /**
@@ -87,6 +89,7 @@ export async function startAggregator(
         batchSize: config.batchSize,
         concurrency: config.workers,
         maxHeldUserIds: config.maxHeldUserIds,
+        stallTimeoutMs: config.consumerStallTimeoutMs,
       },
       metrics,
       logger.child({ component: 'consumer' }),
@@ -122,7 +125,7 @@ export async function startAggregator(
     })();
     return closing;
   };
-  return { state, close, port: health.port };
+  return { state, close, port: health.port, consumer: running };
 }
 
 /** The test-only pause of `CHAOS_PAUSE_BEFORE_COMMIT_MS`, with the log line chaos waits for. */

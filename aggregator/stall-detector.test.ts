@@ -1,0 +1,71 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { type Position, recordsWaiting, StallDetector } from './stall-detector.js';
+
+const look = (nowMs: number, deliveries: number, overrides = {}) => ({
+  nowMs,
+  deliveries,
+  excused: false,
+  recordsWaiting: true as boolean | undefined,
+  ...overrides,
+});
+
+test('records waiting with no delivery for the timeout is a stall', () => {
+  const detector = new StallDetector(10_000);
+  assert.equal(detector.observe(look(0, 5)), false, 'the first look only starts counting');
+  assert.equal(detector.observe(look(5_000, 5)), false, 'waiting since 5 s');
+  assert.equal(detector.observe(look(14_000, 5)), false);
+  assert.equal(detector.observe(look(15_000, 5)), true);
+});
+
+test('a delivery, an excuse or an unknown end starts the wait over', () => {
+  for (const interruption of [
+    { deliveries: 6 },
+    { excused: true },
+    { recordsWaiting: undefined },
+    { recordsWaiting: false },
+  ]) {
+    const detector = new StallDetector(10_000);
+    detector.observe(look(0, 5));
+    detector.observe(look(5_000, 5));
+    const deliveries = 'deliveries' in interruption ? interruption.deliveries : 5;
+    assert.equal(detector.observe(look(10_000, deliveries, interruption)), false);
+    assert.equal(detector.observe(look(15_000, deliveries)), false, JSON.stringify(interruption));
+    assert.equal(detector.observe(look(24_000, deliveries)), false);
+    assert.equal(detector.observe(look(25_000, deliveries)), true);
+  }
+});
+
+test('replacements that deliver nothing back off, and a delivery restores the timeout', () => {
+  const detector = new StallDetector(10_000);
+  detector.replaced(5);
+  assert.equal(detector.currentTimeoutMs, 10_000, 'a first replacement keeps the timeout');
+  detector.replaced(5);
+  assert.equal(detector.currentTimeoutMs, 20_000);
+  for (let i = 0; i < 10; i++) detector.replaced(5);
+  assert.equal(detector.currentTimeoutMs, 160_000, 'at most 16 times the timeout');
+  detector.observe(look(0, 5));
+  assert.equal(detector.observe(look(100_000, 5)), false);
+  detector.observe(look(110_000, 6));
+  assert.equal(detector.currentTimeoutMs, 10_000);
+});
+
+test('records wait when an end lies more than one offset past the position', () => {
+  const ends = new Map([
+    [0, { high: 100, low: 0 }],
+    [1, { high: 51, low: 40 }],
+  ]);
+  const waiting = (entries: Array<[number, Position]>) => recordsWaiting(new Map(entries), ends);
+  assert.equal(waiting([[0, 100]]), false, 'at the end');
+  assert.equal(waiting([[0, 99]]), false, 'one offset short: a commit marker is never delivered');
+  assert.equal(waiting([[0, 98]]), true);
+  assert.equal(waiting([[1, 'beginning']]), true, 'from the low watermark');
+  assert.equal(waiting([[2, 0]]), false, 'a partition the broker did not report');
+  assert.equal(
+    waiting([
+      [0, 100],
+      [1, 45],
+    ]),
+    true,
+  );
+});

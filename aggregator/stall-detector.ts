@@ -1,0 +1,103 @@
+/**
+ * Tells when the Kafka consumer has stopped delivering records although records wait for it.
+ *
+ * Chaos runs saw the consumer, 2 times in about 70 broker freezes, stay in the group with its
+ * partitions assigned and never deliver a record again (the client library has open reports of
+ * such stops: confluent-kafka-javascript #476). Nothing in the process fails, so nothing
+ * restarts it; the watchdog in `ActivityConsumer` asks this detector after each look at the
+ * partitions' end offsets, and replaces the consumer when it says so.
+ */
+
+/** One look at the consumer and the broker. */
+export interface StallObservation {
+  nowMs: number;
+  /** Batches the consumer has delivered so far (a counter). */
+  deliveries: number;
+  /**
+   * Nothing is expected from the consumer now: consumption is paused, a rebalance is being
+   * handled, or a batch or flush is in hand (a slow database holds deliveries back).
+   */
+  excused: boolean;
+  /**
+   * Some assigned partition ends past the consumer's position. Undefined when unknown (the
+   * broker did not answer): silence while the broker is away is not the consumer's fault.
+   */
+  recordsWaiting: boolean | undefined;
+}
+
+/** Replacements in a row without a delivery between them double the timeout, up to this. */
+const MAX_BACKOFF = 16;
+
+export class StallDetector {
+  /** When records were first seen waiting with no delivery since; undefined when not waiting. */
+  private waitingSince: number | undefined;
+  private deliveriesSeen: number | undefined;
+  private timeoutMs: number;
+  /** Deliveries counted at the last replacement. */
+  private deliveriesAtReplacement: number | undefined;
+
+  constructor(private readonly baseTimeoutMs: number) {
+    this.timeoutMs = baseTimeoutMs;
+  }
+
+  /** The current timeout: the base one, or longer after replacements that did not help. */
+  get currentTimeoutMs(): number {
+    return this.timeoutMs;
+  }
+
+  /**
+   * True once records have waited, with no delivery and no excuse, for `timeoutMs` across
+   * consecutive observations. A delivery, an excuse or an unknown answer starts the wait over.
+   */
+  observe(observation: StallObservation): boolean {
+    const delivered = observation.deliveries !== this.deliveriesSeen;
+    this.deliveriesSeen = observation.deliveries;
+    if (
+      this.deliveriesAtReplacement !== undefined &&
+      observation.deliveries !== this.deliveriesAtReplacement
+    ) {
+      this.timeoutMs = this.baseTimeoutMs;
+      this.deliveriesAtReplacement = undefined;
+    }
+    if (delivered || observation.excused || observation.recordsWaiting !== true) {
+      this.waitingSince = undefined;
+      return false;
+    }
+    this.waitingSince ??= observation.nowMs;
+    return observation.nowMs - this.waitingSince >= this.timeoutMs;
+  }
+
+  /**
+   * The consumer was replaced. If the one before it was a replacement too and nothing was
+   * delivered since, the records "waiting" may never be deliverable (the end of an aborted
+   * transaction): the timeout doubles rather than replacing consumers every few seconds.
+   */
+  replaced(deliveries: number): void {
+    if (this.deliveriesAtReplacement === deliveries) {
+      this.timeoutMs = Math.min(this.timeoutMs * 2, this.baseTimeoutMs * MAX_BACKOFF);
+    }
+    this.deliveriesAtReplacement = deliveries;
+    this.waitingSince = undefined;
+    this.deliveriesSeen = undefined;
+  }
+}
+
+/** A partition's position: the next offset to deliver, or its beginning (no checkpoint yet). */
+export type Position = number | 'beginning';
+
+/**
+ * Whether records wait past some partition's position (`ends`: partition → high and low). One
+ * offset past the position is not enough: a transaction's commit marker takes an offset and is
+ * never delivered.
+ */
+export function recordsWaiting(
+  positions: ReadonlyMap<number, Position>,
+  ends: ReadonlyMap<number, { high: number; low: number }>,
+): boolean {
+  for (const [partition, position] of positions) {
+    const end = ends.get(partition);
+    if (end === undefined) continue;
+    if (end.high - (position === 'beginning' ? end.low : position) > 1) return true;
+  }
+  return false;
+}

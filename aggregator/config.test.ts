@@ -34,7 +34,7 @@ describe('readAggregatorConfig', () => {
       deadLetterTopic: 'incoming.user_activity.dlq',
       maxHeldUserIds: 5_000_000,
       databaseQueryTimeoutMs: 15_000,
-      consumerStallTimeoutMs: 15_000,
+      consumerStallTimeoutMs: 10_000,
       shutdownGraceMs: 25_000,
       logLevel: 'info',
       chaosPauseBeforeCommitMs: 0,

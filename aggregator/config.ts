@@ -66,7 +66,7 @@ export function readAggregatorConfig(env: NodeJS.ProcessEnv): AggregatorConfig {
     deadLetterTopic: r.optionalString('DLQ_TOPIC') ?? '',
     maxHeldUserIds: r.int('MAX_HELD_USER_IDS', 5_000_000, { min: 1000, max: 1_000_000_000 }),
     databaseQueryTimeoutMs: r.secondsAsMs('DATABASE_QUERY_TIMEOUT_SEC', 15, { min: 0.1, max: 600 }),
-    consumerStallTimeoutMs: r.secondsAsMs('CONSUMER_STALL_TIMEOUT_SEC', 15, { min: 3, max: 3600 }),
+    consumerStallTimeoutMs: r.secondsAsMs('CONSUMER_STALL_TIMEOUT_SEC', 10, { min: 3, max: 3600 }),
     shutdownGraceMs: r.secondsAsMs('SHUTDOWN_GRACE_SEC', 25, { min: 1, max: 600 }),
     logLevel: r.oneOf('LOG_LEVEL', 'info', ['trace', 'debug', 'info', 'warn', 'error', 'fatal']),
     chaosPauseBeforeCommitMs: r.int('CHAOS_PAUSE_BEFORE_COMMIT_MS', 0, { min: 0, max: 60_000 }),

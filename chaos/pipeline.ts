@@ -23,6 +23,8 @@ import { LoadGenerator, type LoadOptions } from './load-generator.js';
 export const WINDOW_SEC = 10;
 export const PARTITIONS = 6;
 export const SESSION_TIMEOUT_SEC = 6;
+/** What an aggregator logs when its stall watchdog replaces the Kafka consumer. */
+const CONSUMER_REPLACED_LINE = 'the consumer delivered nothing while records waited';
 /** "Recovered": every event acknowledged more than this long ago is in the view. */
 export const LAG_TARGET_MS = 5_000;
 
@@ -45,6 +47,8 @@ export class ChaosPipeline {
   private sampler: NodeJS.Timeout | undefined;
   /** Peak resident memory seen, by service name, in bytes. */
   readonly peakRss = new Map<string, number>();
+  /** Stalled Kafka consumers the aggregators replaced (their watchdog's log line, counted). */
+  consumerReplacements = 0;
   /** Problems seen while the run was going (not only at the end). */
   readonly problems: string[] = [];
   private lastView: WindowTotals[] = [];
@@ -130,6 +134,9 @@ export class ChaosPipeline {
       ...this.options.aggregatorEnv,
     });
     this.keepLog(aggregator, `aggregator-${this.aggregators.length + 1}`);
+    aggregator.onOutput((line) => {
+      if (line.includes(CONSUMER_REPLACED_LINE)) this.consumerReplacements++;
+    });
     if (start) aggregator.start();
     this.aggregators.push(aggregator);
     return aggregator;

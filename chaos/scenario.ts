@@ -128,6 +128,9 @@ export async function runScenario(options: {
     await pipeline.close();
   }
   for (const line of pipeline.problems.slice(0, 10)) context.problem(line);
+  if (pipeline.consumerReplacements > 0) {
+    counts['stalled consumer replaced'] = pipeline.consumerReplacements;
+  }
   if ((pipeline.load?.withoutRetryAfter ?? 0) > 0) {
     context.problem(`${pipeline.load.withoutRetryAfter} answers 503/429 without Retry-After`);
   }

@@ -61,5 +61,5 @@ chaos: install build ## Fault injection with an oracle → docs/RELIABILITY.md t
 clean: ## Remove dist/
 	rm -rf dist
 
-clean-data: ## Remove local broker/Postgres data (.local/dev, .local/test)
-	rm -rf .local/dev .local/test
+clean-data: ## Remove local broker/Postgres data (.local/dev, .local/test) and kept chaos stacks (.local/chaos-*)
+	rm -rf .local/dev .local/test .local/chaos-*

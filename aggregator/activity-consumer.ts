@@ -313,12 +313,13 @@ export class ActivityConsumer {
    * partitions are flushed on revocation, as on any rebalance) and a new one joins and resumes
    * from the checkpoints in PostgreSQL. Exactly-once is kept by the checkpoints, not by the
    * consumer. A stalled consumer that cannot even leave the group ends the process, for its
-   * supervisor to restart: nothing flushed is lost, nothing unflushed was acknowledged.
+   * supervisor to restart: nothing is lost either way, what was not flushed is read again from
+   * the topic.
    */
   private async replaceConsumer(): Promise<void> {
     const stalled = this.consumer;
     this.logger.error(
-      { stalledForMs: this.stall.currentTimeoutMs, partitions: [...this.positions.keys()] },
+      { timeoutMs: this.stall.currentTimeoutMs, partitions: [...this.positions.keys()] },
       'the consumer delivered nothing while records waited; replacing it',
     );
     this.metrics.consumerReplacements.inc();
@@ -334,7 +335,10 @@ export class ActivityConsumer {
       process.exit(1);
     }
     // Revocation dropped what it flushed; anything left belongs to no consumer now.
-    this.aggregation.drop([...this.positions.keys()]);
+    const left = [...this.positions.keys()];
+    this.aggregation.drop(left);
+    for (const partition of left)
+      this.metrics.partitionLag.remove({ partition: String(partition) });
     this.positions.clear();
     this.stall.replaced(this.deliveries);
     if (this.stopping) return;

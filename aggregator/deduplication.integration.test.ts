@@ -20,7 +20,7 @@ import {
 import { createTestResources } from '../e2e/test-resources.js';
 import { withDeadline } from '../shared/lifecycle.js';
 import { createLogger } from '../shared/logger.js';
-import { freeTcpPort, stackFromEnv, waitFor } from '../shared/testing.js';
+import { freeTcpPort, scrapeMetric, stackFromEnv, waitFor } from '../shared/testing.js';
 
 const stack = stackFromEnv();
 const logger = createLogger('test', 'warn');
@@ -113,10 +113,8 @@ test('an event resent by the client or written twice by the producer is counted 
   let duplicates = 0;
   await waitFor(
     async () => {
-      const metrics = await fetch(`http://127.0.0.1:${aggregator.port}/metrics`).then((r) =>
-        r.text(),
-      );
-      duplicates = Number(/^aggregator_records_duplicate_total (\d+)/m.exec(metrics)?.[1]);
+      duplicates =
+        (await scrapeMetric(aggregator.port, 'aggregator_records_duplicate_total')) ?? Number.NaN;
       return duplicates >= expectedDuplicates ? true : undefined;
     },
     {

@@ -25,7 +25,7 @@ import { PAGE_VIEW } from '../shared/event-schema.js';
 import { createKafka, type Kafka } from '../shared/kafka-client.js';
 import { sleep, withDeadline } from '../shared/lifecycle.js';
 import { createLogger } from '../shared/logger.js';
-import { freeTcpPort, stackFromEnv, uniqueName, waitFor } from '../shared/testing.js';
+import { freeTcpPort, scrapeMetric, stackFromEnv, uniqueName, waitFor } from '../shared/testing.js';
 import { windowStartOf } from './batch-aggregator.js';
 import { readAggregatorConfig } from './config.js';
 import { type AggregatorService, startAggregator } from './service.js';
@@ -211,14 +211,11 @@ function watchReadiness(aggregatorPort: number) {
   };
 }
 
-/** One unlabelled sample of the aggregator's /metrics. */
+/** A metric of the aggregator; throws when it does not answer. */
 async function metric(aggregatorPort: number, name: string): Promise<number> {
-  const response = await fetch(`http://127.0.0.1:${aggregatorPort}/metrics`, {
-    signal: AbortSignal.timeout(2_000),
-  });
-  const text = await response.text();
-  const line = text.split('\n').find((l) => l.startsWith(`${name} `));
-  return line === undefined ? 0 : Number(line.slice(name.length + 1));
+  const value = await scrapeMetric(aggregatorPort, name);
+  if (value === undefined) throw new Error(`the aggregator's /metrics did not answer (${name})`);
+  return value;
 }
 
 async function viewFigures(schema: string): Promise<WindowFigures[]> {

@@ -19,23 +19,18 @@ import {
 } from '../e2e/activity-oracle.js';
 import { createTestResources } from '../e2e/test-resources.js';
 import { createLogger } from '../shared/logger.js';
-import { freeTcpPort, stackFromEnv, waitFor } from '../shared/testing.js';
+import { freeTcpPort, scrapeMetric, stackFromEnv, waitFor } from '../shared/testing.js';
 
 const stack = stackFromEnv();
 const logger = createLogger('test', 'warn');
 const WINDOW_MS = 10_000;
 const STALL_TIMEOUT_SEC = 3;
 
-/** The sum of a metric's samples on the aggregator's /metrics. */
+/** A metric of the aggregator, which must answer. */
 async function metric(port: number, name: string): Promise<number> {
-  const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
-  let total = 0;
-  for (const line of text.split('\n')) {
-    if (line.startsWith(`${name} `) || line.startsWith(`${name}{`)) {
-      total += Number(line.slice(line.lastIndexOf(' ') + 1));
-    }
-  }
-  return total;
+  const value = await scrapeMetric(port, name);
+  assert.notEqual(value, undefined, `the aggregator's /metrics did not answer (${name})`);
+  return value as number;
 }
 
 test('a consumer that delivers nothing while records wait is replaced; counts stay exact', async (t) => {

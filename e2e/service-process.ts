@@ -8,6 +8,7 @@ import type { ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { serviceAllocatorEnv, spawnTied, waitForExit } from '../deploy/local/child-process.js';
 import { sleep } from '../shared/lifecycle.js';
+import { scrapeMetric } from '../shared/testing.js';
 
 /** Lines of the child's output kept for the failure message. */
 const LOG_LINES = 60;
@@ -125,16 +126,8 @@ export class ServiceProcess {
   }
 
   /** The sum of a metric's samples, or undefined when the process does not answer. */
-  async metric(name: string): Promise<number | undefined> {
-    const response = await this.get('/metrics');
-    if (response === undefined || response.status !== 200) return undefined;
-    let total = 0;
-    for (const line of (await response.text()).split('\n')) {
-      if (line.startsWith(`${name} `) || line.startsWith(`${name}{`)) {
-        total += Number(line.slice(line.lastIndexOf(' ') + 1));
-      }
-    }
-    return total;
+  metric(name: string): Promise<number | undefined> {
+    return scrapeMetric(this.port, name);
   }
 
   /** The child's last output lines, for failure messages. */

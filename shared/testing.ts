@@ -75,3 +75,30 @@ export function seededRandom(seed: number): () => number {
     return ((t ^ (t >>> 14)) >>> 0) / 4_294_967_296;
   };
 }
+
+/**
+ * The sum of a metric's samples (every label set) on the /metrics of the service listening on
+ * `port` of 127.0.0.1, 0 when it has none, or undefined when the service does not answer.
+ */
+export async function scrapeMetric(port: number, name: string): Promise<number | undefined> {
+  let text: string;
+  try {
+    const response = await fetch(`http://127.0.0.1:${port}/metrics`, {
+      signal: AbortSignal.timeout(2_000),
+    });
+    if (response.status !== 200) {
+      await response.arrayBuffer().catch(() => undefined);
+      return undefined;
+    }
+    text = await response.text();
+  } catch {
+    return undefined;
+  }
+  let total = 0;
+  for (const line of text.split('\n')) {
+    if (line.startsWith(`${name} `) || line.startsWith(`${name}{`)) {
+      total += Number(line.slice(line.lastIndexOf(' ') + 1));
+    }
+  }
+  return total;
+}

@@ -6,7 +6,7 @@ import type { Aggregation } from './aggregation.js';
 import type { Database } from './database.js';
 import type { AggregatorMetrics } from './metrics.js';
 import { loadCheckpoint } from './partition-recovery.js';
-import { type Position, recordsWaiting, StallDetector } from './stall-detector.js';
+import { type Position, QuietClock, recordsWaiting, StallDetector } from './stall-detector.js';
 
 const { ErrorCodes, IsolationLevel, PartitionAssigners } = kafkaJavascript.KafkaJS;
 type Consumer = ReturnType<Kafka['consumer']>;
@@ -21,6 +21,11 @@ const COMMIT_WAIT_ON_CLOSE_MS = 3_000;
 const WRITE_BACKOFF_MS = [500, 1000, 2000];
 /** How long a stalled consumer may take to leave the group before the process gives up. */
 const REPLACE_DISCONNECT_DEADLINE_MS = 15_000;
+/** The watchdog's end-offset query: the client's own timeout, and ours around it. */
+const END_OFFSETS_TIMEOUT_MS = 5_000;
+const END_OFFSETS_DEADLINE_MS = 10_000;
+/** A consumer quiet for twice the stall timeout, yet not replaced, is reported this often. */
+const QUIET_REPORT_EVERY_MS = 30_000;
 
 export interface ActivityConsumerOptions {
   topic: string;
@@ -67,6 +72,7 @@ export class ActivityConsumer {
   private rebalancing = 0;
   /** The replacement of a stalled consumer, while it runs. */
   private replacing: Promise<void> | undefined;
+  private readonly quiet: QuietClock;
   private writesOk = true;
   private pausedFor = new Set<'database' | 'memory'>();
   private readonly batchesInHand = new Set<Promise<void>>();
@@ -87,6 +93,7 @@ export class ActivityConsumer {
     this.consumer = this.createConsumer();
     this.admin = kafka.admin();
     this.stall = new StallDetector(options.stallTimeoutMs);
+    this.quiet = new QuietClock(options.stallTimeoutMs * 2, QUIET_REPORT_EVERY_MS);
   }
 
   private createConsumer(): Consumer {
@@ -267,10 +274,14 @@ export class ActivityConsumer {
     let ends: Map<number, { high: number; low: number }> | undefined;
     if (positions.size > 0) {
       try {
-        const offsets = await this.admin.fetchTopicOffsets(this.options.topic, {
-          timeout: 5_000,
-          isolationLevel: IsolationLevel.READ_UNCOMMITTED,
-        });
+        const offsets = await withDeadline(
+          this.admin.fetchTopicOffsets(this.options.topic, {
+            timeout: END_OFFSETS_TIMEOUT_MS,
+            isolationLevel: IsolationLevel.READ_UNCOMMITTED,
+          }),
+          END_OFFSETS_DEADLINE_MS,
+          'the end offsets',
+        );
         ends = new Map(
           offsets.map((o) => [o.partition, { high: Number(o.high), low: Number(o.low) }]),
         );
@@ -289,16 +300,20 @@ export class ActivityConsumer {
         );
       }
     }
+    const excuses = {
+      stopping: this.stopping,
+      paused: this.pausedFor.size > 0,
+      rebalancing: this.rebalancing > 0,
+      batchInHand: this.batchesInHand.size > 0,
+      flushing: this.timedFlush !== undefined,
+    };
+    const waiting = ends === undefined ? undefined : recordsWaiting(positions, ends);
+    this.reportQuiet(positions, ends, waiting, excuses);
     const stalled = this.stall.observe({
       nowMs: Date.now(),
       deliveries: this.deliveries,
-      excused:
-        this.stopping ||
-        this.pausedFor.size > 0 ||
-        this.rebalancing > 0 ||
-        this.batchesInHand.size > 0 ||
-        this.timedFlush !== undefined,
-      recordsWaiting: ends === undefined ? undefined : recordsWaiting(positions, ends),
+      excused: Object.values(excuses).some(Boolean),
+      recordsWaiting: waiting,
     });
     if (stalled) {
       this.replacing = this.replaceConsumer();
@@ -306,6 +321,32 @@ export class ActivityConsumer {
         this.replacing = undefined;
       });
     }
+  }
+
+  /**
+   * Says (every 30 s) that the consumer has delivered nothing for longer than the stall timeout
+   * without being replaced, with what the watchdog saw: whether records wait, which excuse held,
+   * the positions and the ends. A quiet consumer with nothing to read says nothing. This is the
+   * evidence for a stop the watchdog does not, or should not, act on.
+   */
+  private reportQuiet(
+    positions: ReadonlyMap<number, Position>,
+    ends: ReadonlyMap<number, { high: number; low: number }> | undefined,
+    waiting: boolean | undefined,
+    excuses: Record<string, boolean>,
+  ): void {
+    const quietMs = this.quiet.observe(Date.now(), this.deliveries, positions.size > 0, waiting);
+    if (quietMs === undefined) return;
+    this.logger.warn(
+      {
+        quietMs,
+        recordsWaiting: waiting ?? 'unknown (the end offsets did not come)',
+        excuses: Object.keys(excuses).filter((name) => excuses[name]),
+        positions: Object.fromEntries(positions),
+        ends: ends === undefined ? undefined : Object.fromEntries(ends),
+      },
+      'the consumer has delivered nothing for a while',
+    );
   }
 
   /**

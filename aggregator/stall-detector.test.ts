@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { type Position, recordsWaiting, StallDetector } from './stall-detector.js';
+import { type Position, QuietClock, recordsWaiting, StallDetector } from './stall-detector.js';
 
 const look = (nowMs: number, deliveries: number, overrides = {}) => ({
   nowMs,
@@ -68,4 +68,27 @@ test('records wait when an end lies more than one offset past the position', () 
     ]),
     true,
   );
+});
+
+test('a consumer quiet while records may wait is reported after a while, then every so often', () => {
+  const clock = new QuietClock(20_000, 30_000);
+  assert.equal(clock.observe(0, 7, true, true), undefined, 'the first look starts the clock');
+  assert.equal(clock.observe(19_000, 7, true, undefined), undefined);
+  assert.equal(clock.observe(20_000, 7, true, undefined), 20_000, 'unknown ends count as quiet');
+  assert.equal(clock.observe(40_000, 7, true, true), undefined, 'said 20 s ago');
+  assert.equal(clock.observe(50_000, 7, true, true), 50_000);
+});
+
+test('a delivery, no partitions or nothing to read is not quiet', () => {
+  for (const [deliveries, assigned, waiting] of [
+    [8, true, true],
+    [7, false, true],
+    [7, true, false],
+  ] as const) {
+    const clock = new QuietClock(20_000, 30_000);
+    clock.observe(0, 7, true, true);
+    assert.equal(clock.observe(25_000, deliveries, assigned, waiting), undefined);
+    assert.equal(clock.observe(40_000, deliveries, true, true), undefined, 'the clock restarted');
+    assert.equal(clock.observe(45_000, deliveries, true, true), 20_000);
+  }
 });

@@ -101,3 +101,40 @@ export function recordsWaiting(
   }
   return false;
 }
+
+/**
+ * Tells when a consumer has been quiet (no delivery while it has partitions and something may be
+ * waiting) for `reportAfterMs`, at most once per `everyMs`: the watchdog then logs what it saw,
+ * as evidence for a stop it does not, or should not, act on (an excuse that holds, end offsets
+ * that do not come).
+ */
+export class QuietClock {
+  private since: number | undefined;
+  private deliveries: number | undefined;
+  private reportedAt = Number.NEGATIVE_INFINITY;
+
+  constructor(
+    private readonly reportAfterMs: number,
+    private readonly everyMs: number,
+  ) {}
+
+  /** How long the consumer has been quiet, when that is to be reported now; else undefined. */
+  observe(
+    nowMs: number,
+    deliveries: number,
+    assigned: boolean,
+    waiting: boolean | undefined,
+  ): number | undefined {
+    // A delivery, no partitions or nothing to read: not quiet.
+    if (!assigned || waiting === false || deliveries !== this.deliveries) {
+      this.since = nowMs;
+      this.deliveries = deliveries;
+      this.reportedAt = Number.NEGATIVE_INFINITY;
+      return undefined;
+    }
+    const quietMs = nowMs - (this.since ?? nowMs);
+    if (quietMs < this.reportAfterMs || nowMs - this.reportedAt < this.everyMs) return undefined;
+    this.reportedAt = nowMs;
+    return quietMs;
+  }
+}

@@ -6,7 +6,14 @@ import type { Aggregation } from './aggregation.js';
 import type { Database } from './database.js';
 import type { AggregatorMetrics } from './metrics.js';
 import { loadCheckpoint } from './partition-recovery.js';
-import { type Position, QuietClock, recordsWaiting, StallDetector } from './stall-detector.js';
+import {
+  backlog,
+  type PartitionEnd,
+  type Position,
+  QuietClock,
+  recordsWaiting,
+  StallDetector,
+} from './stall-detector.js';
 
 const { ErrorCodes, IsolationLevel, PartitionAssigners } = kafkaJavascript.KafkaJS;
 type Consumer = ReturnType<Kafka['consumer']>;
@@ -271,7 +278,7 @@ export class ActivityConsumer {
    */
   private async watch(): Promise<void> {
     const positions = new Map(this.positions);
-    let ends: Map<number, { high: number; low: number }> | undefined;
+    let ends: Map<number, PartitionEnd> | undefined;
     if (positions.size > 0) {
       try {
         const offsets = await withDeadline(
@@ -293,10 +300,9 @@ export class ActivityConsumer {
       for (const [partition, position] of positions) {
         const end = ends.get(partition);
         if (end === undefined || !this.positions.has(partition)) continue;
-        const from = position === 'beginning' ? end.low : position;
         this.metrics.partitionLag.set(
           { partition: String(partition) },
-          Math.max(0, end.high - from),
+          Math.max(0, backlog(position, end)),
         );
       }
     }
@@ -331,7 +337,7 @@ export class ActivityConsumer {
    */
   private reportQuiet(
     positions: ReadonlyMap<number, Position>,
-    ends: ReadonlyMap<number, { high: number; low: number }> | undefined,
+    ends: ReadonlyMap<number, PartitionEnd> | undefined,
     waiting: boolean | undefined,
     excuses: Record<string, boolean>,
   ): void {
@@ -376,11 +382,7 @@ export class ActivityConsumer {
       process.exit(1);
     }
     // Revocation dropped what it flushed; anything left belongs to no consumer now.
-    const left = [...this.positions.keys()];
-    this.aggregation.drop(left);
-    for (const partition of left)
-      this.metrics.partitionLag.remove({ partition: String(partition) });
-    this.positions.clear();
+    this.forget([...this.positions.keys()]);
     this.stall.replaced(this.deliveries);
     if (this.stopping) return;
     this.consumer = this.createConsumer();
@@ -461,14 +463,19 @@ export class ActivityConsumer {
         // Not lost: the next owner rebuilds from PostgreSQL and the topic.
         this.logger.warn({ err: flushErr, partitions }, 'flush on revoke failed'),
       );
-      this.aggregation.drop(partitions);
-      for (const partition of partitions) {
-        this.positions.delete(partition);
-        this.metrics.partitionLag.remove({ partition: String(partition) });
-      }
+      this.forget(partitions);
       this.logger.info({ partitions }, 'partitions revoked');
     }
     return undefined;
+  }
+
+  /** Drops the state, position and lag series of partitions this consumer no longer owns. */
+  private forget(partitions: readonly number[]): void {
+    this.aggregation.drop(partitions);
+    for (const partition of partitions) {
+      this.positions.delete(partition);
+      this.metrics.partitionLag.remove({ partition: String(partition) });
+    }
   }
 
   /**

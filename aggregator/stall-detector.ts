@@ -85,6 +85,17 @@ export class StallDetector {
 /** A partition's position: the next offset to deliver, or its beginning (no checkpoint yet). */
 export type Position = number | 'beginning';
 
+/** A partition's end offsets, as the broker reports them. */
+export interface PartitionEnd {
+  high: number;
+  low: number;
+}
+
+/** Offsets between a partition's position and its end (negative if the end is behind). */
+export function backlog(position: Position, end: PartitionEnd): number {
+  return end.high - (position === 'beginning' ? end.low : position);
+}
+
 /**
  * Whether records wait past some partition's position (`ends`: partition → high and low). One
  * offset past the position is not enough: a transaction's commit marker takes an offset and is
@@ -92,12 +103,11 @@ export type Position = number | 'beginning';
  */
 export function recordsWaiting(
   positions: ReadonlyMap<number, Position>,
-  ends: ReadonlyMap<number, { high: number; low: number }>,
+  ends: ReadonlyMap<number, PartitionEnd>,
 ): boolean {
   for (const [partition, position] of positions) {
     const end = ends.get(partition);
-    if (end === undefined) continue;
-    if (end.high - (position === 'beginning' ? end.low : position) > 1) return true;
+    if (end !== undefined && backlog(position, end) > 1) return true;
   }
   return false;
 }

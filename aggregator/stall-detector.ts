@@ -1,10 +1,10 @@
 /**
  * Tells when the Kafka consumer has stopped delivering records although records wait for it.
  *
- * Chaos runs saw the consumer, 2 times in about 70 broker freezes, stay in the group with its
- * partitions assigned and never deliver a record again (the client library has open reports of
- * such stops: confluent-kafka-javascript #476). Nothing in the process fails, so nothing
- * restarts it; the watchdog in `ActivityConsumer` asks this detector after each look at the
+ * Chaos runs saw the consumer stop delivering for good after a few broker freezes, with nothing
+ * in the process failing, so nothing restarting it (the client library has open reports of such
+ * stops: confluent-kafka-javascript #476; docs/RELIABILITY.md has what the logs showed). The
+ * watchdog in `ActivityConsumer` asks this detector after each look at the
  * partitions' end offsets, and replaces the consumer when it says so.
  */
 

@@ -3,21 +3,14 @@ import type { Kafka } from '../shared/kafka-client.js';
 import { sleep, withDeadline } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
 import type { Aggregation } from './aggregation.js';
+import { ConsumerWatchdog, type Excuses, type WatchedConsumer } from './consumer-watchdog.js';
 import type { Database } from './database.js';
 import type { AggregatorMetrics } from './metrics.js';
 import { loadCheckpoint } from './partition-recovery.js';
-import {
-  backlog,
-  type PartitionEnd,
-  type Position,
-  QuietClock,
-  recordsWaiting,
-  StallDetector,
-} from './stall-detector.js';
+import type { Position } from './stall-detector.js';
 
-const { ErrorCodes, IsolationLevel, PartitionAssigners } = kafkaJavascript.KafkaJS;
+const { ErrorCodes, PartitionAssigners } = kafkaJavascript.KafkaJS;
 type Consumer = ReturnType<Kafka['consumer']>;
-type Admin = ReturnType<Kafka['admin']>;
 type TopicPartition = { topic: string; partition: number; offset?: number };
 
 /** librdkafka's logical offset for "the beginning of the partition". */
@@ -26,13 +19,13 @@ const OFFSET_BEGINNING = -2;
 const COMMIT_WAIT_ON_CLOSE_MS = 3_000;
 /** The seed's write policy: 3 attempts with backoff, then pause and keep trying. */
 const WRITE_BACKOFF_MS = [500, 1000, 2000];
-/** How long a stalled consumer may take to leave the group before the process gives up. */
+/** How long a replaced consumer that holds partitions may take to leave the group. */
 const REPLACE_DISCONNECT_DEADLINE_MS = 15_000;
-/** The watchdog's end-offset query: the client's own timeout, and ours around it. */
-const END_OFFSETS_TIMEOUT_MS = 5_000;
-const END_OFFSETS_DEADLINE_MS = 10_000;
-/** A consumer quiet for twice the stall timeout, yet not replaced, is reported this often. */
-const QUIET_REPORT_EVERY_MS = 30_000;
+/**
+ * How long a replaced consumer that holds no partitions is waited for: it has nothing to hand
+ * over, and the one that needs replacing is usually the one whose coordinator never answers.
+ */
+const REPLACE_EMPTY_HANDED_DEADLINE_MS = 3_000;
 
 export interface ActivityConsumerOptions {
   topic: string;
@@ -48,7 +41,7 @@ export interface ActivityConsumerOptions {
   maxHeldUserIds: number;
   /**
    * The consumer is replaced when it delivers nothing for this long while records wait and
-   * nothing excuses it (see `StallDetector`).
+   * nothing excuses it (see `ConsumerWatchdog`).
    */
   stallTimeoutMs: number;
 }
@@ -62,24 +55,29 @@ export interface ActivityConsumerOptions {
  * When writes keep failing, consumption pauses with the state kept, the consumer reports
  * unhealthy (not ready) and the flush is retried every interval until it succeeds: nothing is
  * ever skipped.
+ *
+ * A `ConsumerWatchdog` replaces the Kafka consumer when it stops: see `replace`.
  */
-export class ActivityConsumer {
+export class ActivityConsumer implements WatchedConsumer {
   private consumer: Consumer;
-  /** Reads the partitions' end offsets for the stall watchdog and the lag gauge. */
-  private readonly admin: Admin;
-  /** Counts consumers made: batches of a replaced one are ignored. */
+  /**
+   * Counts consumers made, and is bumped when one is replaced: batches and rebalances of a
+   * replaced one are ignored.
+   */
   private generation = 0;
+  /** The generation of `consumer`: behind `generation` once it has been replaced. */
+  private consumerGeneration = 0;
   private timer: NodeJS.Timeout | undefined;
-  private watchdog: NodeJS.Timeout | undefined;
-  private readonly stall: StallDetector;
+  private readonly watchdog: ConsumerWatchdog;
   /** Batches delivered so far, and each assigned partition's next offset to deliver. */
-  private deliveries = 0;
-  private readonly positions = new Map<number, Position>();
+  deliveries = 0;
+  readonly positions = new Map<number, Position>();
   /** Rebalance callbacks running (they read checkpoints, flush): deliveries wait meanwhile. */
   private rebalancing = 0;
-  /** The replacement of a stalled consumer, while it runs. */
+  /** The replacement of a stopped consumer, while it runs. */
   private replacing: Promise<void> | undefined;
-  private readonly quiet: QuietClock;
+  /** A replaced consumer that did not manage to leave the group, while it keeps trying. */
+  private leftBehind: Consumer | undefined;
   private writesOk = true;
   private pausedFor = new Set<'database' | 'memory'>();
   private readonly batchesInHand = new Set<Promise<void>>();
@@ -98,12 +96,24 @@ export class ActivityConsumer {
     private readonly logger: Logger,
   ) {
     this.consumer = this.createConsumer();
-    this.admin = kafka.admin();
-    this.stall = new StallDetector(options.stallTimeoutMs);
-    this.quiet = new QuietClock(options.stallTimeoutMs * 2, QUIET_REPORT_EVERY_MS);
+    this.watchdog = new ConsumerWatchdog(
+      this,
+      kafka.admin(),
+      db,
+      {
+        topic: options.topic,
+        windowSeconds: options.windowSeconds,
+        stallTimeoutMs: options.stallTimeoutMs,
+        sessionTimeoutMs: options.sessionTimeoutMs,
+      },
+      metrics,
+      logger,
+    );
   }
 
   private createConsumer(): Consumer {
+    const generation = ++this.generation;
+    this.consumerGeneration = generation;
     return this.kafka.consumer({
       kafkaJS: {
         groupId: this.options.consumerGroup,
@@ -124,6 +134,9 @@ export class ActivityConsumer {
       // generation and the allocator with garbage; 200 ms of messages keeps that small.
       'js.consumer.max.cache.size.per.worker.ms': 200,
       rebalance_cb: async (err: KafkaJS.LibrdKafkaError, assignment: TopicPartition[]) => {
+        // A replaced consumer is leaving: what it is given or takes is no longer ours to track
+        // (the client's default applies), and what it held was flushed and forgotten.
+        if (generation !== this.generation) return undefined;
         this.rebalancing++;
         try {
           return await this.onRebalance(err, assignment);
@@ -140,9 +153,8 @@ export class ActivityConsumer {
   }
 
   async start(): Promise<void> {
-    await this.admin.connect();
     await this.runConsumer();
-    this.scheduleWatchdog();
+    await this.watchdog.start();
     this.timer = setInterval(() => {
       // A paused consumer is not reading its partitions: their silence is not idleness.
       if (this.pausedFor.size === 0) this.aggregation.finalizeIdle(Date.now());
@@ -159,7 +171,7 @@ export class ActivityConsumer {
 
   /** Connects the current consumer, subscribes and starts delivering batches. */
   private async runConsumer(): Promise<void> {
-    const generation = ++this.generation;
+    const generation = this.generation;
     await this.consumer.connect();
     await this.consumer.subscribe({ topics: [this.options.topic] });
     await this.consumer.run({
@@ -259,131 +271,65 @@ export class ActivityConsumer {
       });
   }
 
-  /** Looks for a stall every third of the timeout (at most every 5 s), one look at a time. */
-  private scheduleWatchdog(): void {
-    const everyMs = Math.min(5_000, Math.ceil(this.options.stallTimeoutMs / 3));
-    this.watchdog = setTimeout(() => {
-      this.watch()
-        .catch((err: unknown) => this.logger.warn({ err }, 'stall watchdog failed'))
-        .finally(() => {
-          if (!this.stopping) this.scheduleWatchdog();
-        });
-    }, everyMs);
-  }
-
-  /**
-   * One look: the partitions' end offsets from the broker refresh the lag gauge (which batches
-   * alone leave frozen when nothing is delivered) and tell the stall detector whether records
-   * wait. A consumer stalled past the timeout is replaced.
-   */
-  private async watch(): Promise<void> {
-    const positions = new Map(this.positions);
-    let ends: Map<number, PartitionEnd> | undefined;
-    if (positions.size > 0) {
-      try {
-        const offsets = await withDeadline(
-          this.admin.fetchTopicOffsets(this.options.topic, {
-            timeout: END_OFFSETS_TIMEOUT_MS,
-            isolationLevel: IsolationLevel.READ_UNCOMMITTED,
-          }),
-          END_OFFSETS_DEADLINE_MS,
-          'the end offsets',
-        );
-        ends = new Map(
-          offsets.map((o) => [o.partition, { high: Number(o.high), low: Number(o.low) }]),
-        );
-      } catch (err) {
-        this.logger.debug({ err }, 'end offsets unavailable');
-      }
-    }
-    if (ends !== undefined) {
-      for (const [partition, position] of positions) {
-        const end = ends.get(partition);
-        if (end === undefined || !this.positions.has(partition)) continue;
-        this.metrics.partitionLag.set(
-          { partition: String(partition) },
-          Math.max(0, backlog(position, end)),
-        );
-      }
-    }
-    const excuses = {
+  /** What excuses the consumer's silence now (see `ConsumerWatchdog`). */
+  excuses(): Excuses {
+    return {
       stopping: this.stopping,
       paused: this.pausedFor.size > 0,
       rebalancing: this.rebalancing > 0,
       batchInHand: this.batchesInHand.size > 0,
       flushing: this.timedFlush !== undefined,
     };
-    const waiting = ends === undefined ? undefined : recordsWaiting(positions, ends);
-    this.reportQuiet(positions, ends, waiting, excuses);
-    const stalled = this.stall.observe({
-      nowMs: Date.now(),
-      deliveries: this.deliveries,
-      excused: Object.values(excuses).some(Boolean),
-      recordsWaiting: waiting,
+  }
+
+  /** Replaces the Kafka consumer (see `replaceConsumer`), one replacement at a time. */
+  async replace(): Promise<void> {
+    this.replacing ??= this.replaceConsumer().finally(() => {
+      this.replacing = undefined;
     });
-    if (stalled) {
-      this.replacing = this.replaceConsumer();
-      await this.replacing.finally(() => {
-        this.replacing = undefined;
-      });
-    }
+    await this.replacing;
   }
 
   /**
-   * Says (every 30 s) that the consumer has delivered nothing for longer than the stall timeout
-   * without being replaced, with what the watchdog saw: whether records wait, which excuse held,
-   * the positions and the ends. A quiet consumer with nothing to read says nothing. This is the
-   * evidence for a stop the watchdog does not, or should not, act on.
-   */
-  private reportQuiet(
-    positions: ReadonlyMap<number, Position>,
-    ends: ReadonlyMap<number, PartitionEnd> | undefined,
-    waiting: boolean | undefined,
-    excuses: Record<string, boolean>,
-  ): void {
-    const quietMs = this.quiet.observe(Date.now(), this.deliveries, positions.size > 0, waiting);
-    if (quietMs === undefined) return;
-    this.logger.warn(
-      {
-        quietMs,
-        recordsWaiting: waiting ?? 'unknown (the end offsets did not come)',
-        excuses: Object.keys(excuses).filter((name) => excuses[name]),
-        positions: Object.fromEntries(positions),
-        ends: ends === undefined ? undefined : Object.fromEntries(ends),
-      },
-      'the consumer has delivered nothing for a while',
-    );
-  }
-
-  /**
-   * Replaces a consumer that stopped delivering: the stalled one leaves the group (its
-   * partitions are flushed on revocation, as on any rebalance) and a new one joins and resumes
+   * Replaces the Kafka consumer: the old one leaves the group and a new one joins and resumes
    * from the checkpoints in PostgreSQL. Exactly-once is kept by the checkpoints, not by the
-   * consumer. A stalled consumer that cannot even leave the group ends the process, for its
-   * supervisor to restart: nothing is lost either way, what was not flushed is read again from
-   * the topic.
+   * consumer: what the old one held is flushed first and forgotten after, and whatever was not
+   * flushed is read again from the topic.
+   *
+   * An old consumer that cannot leave in time: if it holds partitions, the process ends, for its
+   * supervisor to restart (the group would keep them waiting on it). If it holds none, it is
+   * left behind to keep trying on its own: nothing waits on it, and its rebalances are ignored.
+   * One left behind at a time; a second ends the process.
    */
   private async replaceConsumer(): Promise<void> {
-    const stalled = this.consumer;
-    this.logger.error(
-      { timeoutMs: this.stall.currentTimeoutMs, partitions: [...this.positions.keys()] },
-      'the consumer delivered nothing while records waited; replacing it',
-    );
-    this.metrics.consumerReplacements.inc();
+    const old = this.consumer;
+    // From here on, the old consumer's batches and rebalances are ignored.
     this.generation++;
     await Promise.allSettled(this.batchesInHand);
-    // Written while the partitions are still ours; the revocation that leaving causes has
-    // nothing left to write then.
     await this.flush().catch(() => {});
+    const held = [...this.positions.keys()];
+    const leaving = old.disconnect();
     try {
-      await withDeadline(stalled.disconnect(), REPLACE_DISCONNECT_DEADLINE_MS, 'leaving the group');
+      await withDeadline(
+        leaving,
+        held.length > 0 ? REPLACE_DISCONNECT_DEADLINE_MS : REPLACE_EMPTY_HANDED_DEADLINE_MS,
+        'leaving the group',
+      );
     } catch (err) {
-      this.logger.fatal({ err }, 'the stalled consumer cannot leave the group; exiting');
-      process.exit(1);
+      if (held.length > 0 || this.leftBehind !== undefined) {
+        this.logger.fatal({ err, held }, 'the replaced consumer cannot leave the group; exiting');
+        process.exit(1);
+      }
+      this.logger.warn({ err }, 'the replaced consumer has not left the group; leaving it behind');
+      this.leftBehind = old;
+      leaving
+        .catch(() => {})
+        .finally(() => {
+          this.logger.info('the consumer left behind has disconnected');
+          if (this.leftBehind === old) this.leftBehind = undefined;
+        });
     }
-    // Revocation dropped what it flushed; anything left belongs to no consumer now.
-    this.forget([...this.positions.keys()]);
-    this.stall.replaced(this.deliveries);
+    this.forget(held);
     if (this.stopping) return;
     this.consumer = this.createConsumer();
     await this.runConsumer();
@@ -394,11 +340,13 @@ export class ActivityConsumer {
   /** Stops consuming, waits for the batches in hand, final flush, commit, leave the group. */
   async close(): Promise<void> {
     clearInterval(this.timer);
-    clearTimeout(this.watchdog);
     this.stopping = true;
-    // A replacement under way ends with the new consumer not started (see `replaceConsumer`).
+    await this.watchdog.close();
+    // A replacement under way ends with the new consumer not started (see `replaceConsumer`),
+    // and the old one gone or left behind: there is no consumer to pause or disconnect then.
     await this.replacing?.catch(() => {});
-    this.consumer.pause([{ topic: this.options.topic }]);
+    const running = this.consumerGeneration === this.generation;
+    if (running) this.consumer.pause([{ topic: this.options.topic }]);
     await Promise.allSettled(this.batchesInHand);
     try {
       await this.flush();
@@ -409,11 +357,7 @@ export class ActivityConsumer {
         );
       }
     } finally {
-      try {
-        await this.consumer.disconnect();
-      } finally {
-        await this.admin.disconnect().catch(() => {});
-      }
+      if (running) await this.consumer.disconnect();
     }
   }
 

@@ -115,7 +115,8 @@ export function createAggregatorMetrics(registry: Registry) {
     }),
     consumerReplacements: new Counter({
       name: 'aggregator_consumer_replacements_total',
-      help: 'Kafka consumers replaced because they delivered nothing for CONSUMER_STALL_TIMEOUT_SEC while records waited.',
+      help: 'Kafka consumers replaced, by reason: stalled (delivered nothing for CONSUMER_STALL_TIMEOUT_SEC while records waited) or unread (held no partitions while records waited unread in a partition whose stored offset did not move).',
+      labelNames: ['reason'],
       registers,
     }),
     rebalances: new Counter({
@@ -140,6 +141,7 @@ export function createAggregatorMetrics(registry: Registry) {
   for (const result of ['ok', 'error']) metrics.flushes.inc({ result }, 0);
   for (const operation of ['connect', 'flush']) metrics.databaseRetries.inc({ operation }, 0);
   for (const type of ['assign', 'revoke']) metrics.rebalances.inc({ type }, 0);
+  for (const reason of ['stalled', 'unread']) metrics.consumerReplacements.inc({ reason }, 0);
   return metrics;
 }
 

@@ -2,9 +2,9 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { type Position, QuietClock, recordsWaiting, StallDetector } from './stall-detector.js';
 
-const look = (nowMs: number, deliveries: number, overrides = {}) => ({
+const look = (nowMs: number, progress: number, overrides = {}) => ({
   nowMs,
-  deliveries,
+  progress,
   excused: false,
   recordsWaiting: true as boolean | undefined,
   ...overrides,
@@ -20,7 +20,7 @@ test('records waiting with no delivery for the timeout is a stall', () => {
 
 test('a delivery, an excuse or an unknown end starts the wait over', () => {
   for (const interruption of [
-    { deliveries: 6 },
+    { progress: 6 },
     { excused: true },
     { recordsWaiting: undefined },
     { recordsWaiting: false },
@@ -28,7 +28,7 @@ test('a delivery, an excuse or an unknown end starts the wait over', () => {
     const detector = new StallDetector(10_000);
     detector.observe(look(0, 5));
     detector.observe(look(5_000, 5));
-    const deliveries = 'deliveries' in interruption ? interruption.deliveries : 5;
+    const deliveries = 'progress' in interruption ? interruption.progress : 5;
     assert.equal(detector.observe(look(10_000, deliveries, interruption)), false);
     assert.equal(detector.observe(look(15_000, deliveries)), false, JSON.stringify(interruption));
     assert.equal(detector.observe(look(24_000, deliveries)), false);

@@ -11,8 +11,11 @@
 /** One look at the consumer and the broker. */
 export interface StallObservation {
   nowMs: number;
-  /** Batches the consumer has delivered so far (a counter). */
-  deliveries: number;
+  /**
+   * A counter that moves whenever what is watched makes progress: the batches the consumer has
+   * delivered, or (for the partitions no consumer reads) the offsets stored in PostgreSQL.
+   */
+  progress: number;
   /**
    * Nothing is expected from the consumer now: consumption is paused, a rebalance is being
    * handled, or a batch or flush is in hand (a slow database holds deliveries back).
@@ -29,12 +32,12 @@ export interface StallObservation {
 const MAX_BACKOFF = 16;
 
 export class StallDetector {
-  /** When records were first seen waiting with no delivery since; undefined when not waiting. */
+  /** When records were first seen waiting with no progress since; undefined when not waiting. */
   private waitingSince: number | undefined;
-  private deliveriesSeen: number | undefined;
+  private progressSeen: number | undefined;
   private timeoutMs: number;
-  /** Deliveries counted at the last replacement. */
-  private deliveriesAtReplacement: number | undefined;
+  /** Progress counted at the last replacement. */
+  private progressAtReplacement: number | undefined;
 
   constructor(private readonly baseTimeoutMs: number) {
     this.timeoutMs = baseTimeoutMs;
@@ -46,20 +49,20 @@ export class StallDetector {
   }
 
   /**
-   * True once records have waited, with no delivery and no excuse, for `timeoutMs` across
-   * consecutive observations. A delivery, an excuse or an unknown answer starts the wait over.
+   * True once records have waited, with no progress and no excuse, for `timeoutMs` across
+   * consecutive observations. Progress, an excuse or an unknown answer starts the wait over.
    */
   observe(observation: StallObservation): boolean {
-    const delivered = observation.deliveries !== this.deliveriesSeen;
-    this.deliveriesSeen = observation.deliveries;
+    const progressed = observation.progress !== this.progressSeen;
+    this.progressSeen = observation.progress;
     if (
-      this.deliveriesAtReplacement !== undefined &&
-      observation.deliveries !== this.deliveriesAtReplacement
+      this.progressAtReplacement !== undefined &&
+      observation.progress !== this.progressAtReplacement
     ) {
       this.timeoutMs = this.baseTimeoutMs;
-      this.deliveriesAtReplacement = undefined;
+      this.progressAtReplacement = undefined;
     }
-    if (delivered || observation.excused || observation.recordsWaiting !== true) {
+    if (progressed || observation.excused || observation.recordsWaiting !== true) {
       this.waitingSince = undefined;
       return false;
     }
@@ -68,17 +71,17 @@ export class StallDetector {
   }
 
   /**
-   * The consumer was replaced. If the one before it was a replacement too and nothing was
-   * delivered since, the records "waiting" may never be deliverable (the end of an aborted
+   * The consumer was replaced. If the one before it was a replacement too and nothing
+   * progressed since, the records "waiting" may never be deliverable (the end of an aborted
    * transaction): the timeout doubles rather than replacing consumers every few seconds.
    */
-  replaced(deliveries: number): void {
-    if (this.deliveriesAtReplacement === deliveries) {
+  replaced(progress: number): void {
+    if (this.progressAtReplacement === progress) {
       this.timeoutMs = Math.min(this.timeoutMs * 2, this.baseTimeoutMs * MAX_BACKOFF);
     }
-    this.deliveriesAtReplacement = deliveries;
+    this.progressAtReplacement = progress;
     this.waitingSince = undefined;
-    this.deliveriesSeen = undefined;
+    this.progressSeen = undefined;
   }
 }
 

@@ -1,12 +1,15 @@
 /**
- * A consumer that stops delivering while records wait is replaced, and nothing is lost or
- * counted twice. Chaos runs saw the client stop for good after a broker freeze, too rarely to
- * reproduce on demand; here the test stops it the same way from the outside (it pauses the
- * client behind the aggregator's back, so the aggregator sees partitions assigned, records
- * waiting and nothing delivered) and checks that the watchdog replaces it within its timeout.
+ * A consumer that stops is replaced, and nothing is lost or counted twice. Chaos runs saw the
+ * client stop for good after a broker freeze in two ways, too rarely to reproduce on demand;
+ * here each test stops it the same way from the outside and checks that the watchdog replaces
+ * it within its timeout:
+ * - stalled: the client is paused behind the aggregator's back, so the aggregator sees
+ *   partitions assigned, records waiting and nothing delivered;
+ * - outside the group: the client is disconnected behind its back, so the aggregator holds no
+ *   partitions while records wait and nobody writes them.
  */
 import assert from 'node:assert/strict';
-import { test } from 'node:test';
+import { type TestContext, test } from 'node:test';
 import {
   ActivityOracle,
   type ClientEvent,
@@ -25,6 +28,12 @@ const stack = stackFromEnv();
 const logger = createLogger('test', 'warn');
 const WINDOW_MS = 10_000;
 const STALL_TIMEOUT_SEC = 3;
+const SESSION_TIMEOUT_SEC = 6;
+/** The part of the client each test stops behind the aggregator's back. */
+interface Client {
+  pause(topics: Array<{ topic: string }>): void;
+  disconnect(): Promise<void>;
+}
 
 /** A metric of the aggregator, which must answer. */
 async function metric(port: number, name: string): Promise<number> {
@@ -33,11 +42,22 @@ async function metric(port: number, name: string): Promise<number> {
   return value as number;
 }
 
-test('a consumer that delivers nothing while records wait is replaced; counts stay exact', async (t) => {
+/**
+ * Runs ingest and one aggregator, sends 2,000 events and waits until the view holds them, then
+ * `stop`s the client, sends 2,000 more and checks that the consumer is replaced for `reason`,
+ * once, within `withinMs`, and that the view ends equal to the oracle.
+ */
+async function replacedAfterStop(
+  t: TestContext,
+  name: string,
+  reason: 'stalled' | 'unread',
+  withinMs: number,
+  stop: (client: Client, topic: string) => Promise<void>,
+): Promise<void> {
   const seed = testSeed();
   t.diagnostic(`seed ${seed}`);
   const random = new SeededRandom(seed);
-  const resources = await createTestResources('stallwatch', stack, logger);
+  const resources = await createTestResources(name, stack, logger);
   t.after(() => resources.cleanup());
   const ingest = await resources.startIngest({
     ...resources.env,
@@ -52,10 +72,12 @@ test('a consumer that delivers nothing while records wait is replaced; counts st
     ALLOWED_LATENESS_SEC: '30',
     FLUSH_INTERVAL_SEC: '0.2',
     WORKERS: '1',
-    SESSION_TIMEOUT_SEC: '6',
+    SESSION_TIMEOUT_SEC: String(SESSION_TIMEOUT_SEC),
     CONSUMER_STALL_TIMEOUT_SEC: String(STALL_TIMEOUT_SEC),
     LOG_LEVEL: 'warn',
   });
+  const replacements = (why: string) =>
+    metric(aggregator.port, `aggregator_consumer_replacements_total{reason="${why}"}`);
 
   const base = windowStartOf(Date.now(), WINDOW_MS) - 60_000;
   const events: ClientEvent[] = [];
@@ -75,23 +97,15 @@ test('a consumer that delivers nothing while records wait is replaced; counts st
   await waitForOracle(resources.db, resources.schema, oracle, 30_000);
   assert.equal(await metric(aggregator.port, 'aggregator_consumer_replacements_total'), 0);
 
-  // The stop: the client itself paused, which the aggregator did not ask for.
-  const client = (
-    aggregator.consumer as unknown as {
-      consumer: { pause(topics: Array<{ topic: string }>): void };
-    }
-  ).consumer;
-  client.pause([{ topic: resources.topic }]);
+  const client = (aggregator.consumer as unknown as { consumer: Client }).consumer;
+  await stop(client, resources.topic);
   const stoppedAt = Date.now();
   const second = await send(2_000, 4_000);
   assert.equal(first.accepted + second.accepted, 4_000, 'every event acknowledged');
 
   const replacedAfterMs = await waitFor(
-    async () =>
-      (await metric(aggregator.port, 'aggregator_consumer_replacements_total')) >= 1
-        ? Date.now() - stoppedAt
-        : undefined,
-    { timeoutMs: 30_000, what: 'the stalled consumer to be replaced' },
+    async () => ((await replacements(reason)) >= 1 ? Date.now() - stoppedAt : undefined),
+    { timeoutMs: withinMs, what: `the consumer to be replaced (${reason})` },
   );
   t.diagnostic(`replaced ${replacedAfterMs} ms after the client stopped`);
   const tookMs = await waitForOracle(resources.db, resources.schema, oracle, 30_000);
@@ -99,7 +113,23 @@ test('a consumer that delivers nothing while records wait is replaced; counts st
   assert.equal(
     await metric(aggregator.port, 'aggregator_consumer_replacements_total'),
     1,
-    'one replacement: the new consumer delivers',
+    'one replacement, for the right reason: the new consumer delivers',
   );
+  assert.equal(await replacements(reason), 1);
   assert.equal(await metric(aggregator.port, 'aggregator_assigned_partitions'), 3);
-});
+}
+
+test('a consumer that delivers nothing while records wait is replaced; counts stay exact', (t) =>
+  // The stall timeout from when records start waiting, plus a look or two.
+  replacedAfterStop(t, 'stallwatch', 'stalled', 30_000, async (client, topic) => {
+    // The stop: the client itself paused, which the aggregator did not ask for.
+    client.pause([{ topic }]);
+  }));
+
+test('a consumer outside the group, holding nothing while records go unread, is replaced', (t) =>
+  // The session timeout plus the stall timeout, plus looks and a rejoin.
+  replacedAfterStop(t, 'unreadwatch', 'unread', 40_000, async (client) => {
+    // The stop: the client leaves the group (its partitions are revoked and flushed, as on any
+    // rebalance) and never comes back, which the aggregator did not ask for.
+    await client.disconnect();
+  }));

@@ -23,8 +23,11 @@ import { LoadGenerator, type LoadOptions } from './load-generator.js';
 export const WINDOW_SEC = 10;
 export const PARTITIONS = 6;
 export const SESSION_TIMEOUT_SEC = 6;
-/** What an aggregator logs when its stall watchdog replaces the Kafka consumer. */
-const CONSUMER_REPLACED_LINE = 'the consumer delivered nothing while records waited';
+/** What an aggregator logs when its watchdog replaces the Kafka consumer, by what it saw. */
+const CONSUMER_REPLACED_LINES = {
+  stalled: 'the consumer delivered nothing while records waited',
+  unread: 'the consumer holds no partitions while records wait unread',
+};
 /** "Recovered": every event acknowledged more than this long ago is in the view. */
 export const LAG_TARGET_MS = 5_000;
 
@@ -47,8 +50,8 @@ export class ChaosPipeline {
   private sampler: NodeJS.Timeout | undefined;
   /** Peak resident memory seen, by service name, in bytes. */
   readonly peakRss = new Map<string, number>();
-  /** Stalled Kafka consumers the aggregators replaced (their watchdog's log line, counted). */
-  consumerReplacements = 0;
+  /** Kafka consumers the aggregators' watchdogs replaced, by reason (their log lines, counted). */
+  readonly consumerReplacements = { stalled: 0, unread: 0 };
   /** Problems seen while the run was going (not only at the end). */
   readonly problems: string[] = [];
   private lastView: WindowTotals[] = [];
@@ -135,7 +138,9 @@ export class ChaosPipeline {
     });
     this.keepLog(aggregator, `aggregator-${this.aggregators.length + 1}`);
     aggregator.onOutput((line) => {
-      if (line.includes(CONSUMER_REPLACED_LINE)) this.consumerReplacements++;
+      for (const [reason, text] of Object.entries(CONSUMER_REPLACED_LINES)) {
+        if (line.includes(text)) this.consumerReplacements[reason as 'stalled' | 'unread']++;
+      }
     });
     if (start) aggregator.start();
     this.aggregators.push(aggregator);

@@ -128,9 +128,9 @@ export async function runScenario(options: {
     await pipeline.close();
   }
   for (const line of pipeline.problems.slice(0, 10)) context.problem(line);
-  if (pipeline.consumerReplacements > 0) {
-    counts['stalled consumer replaced'] = pipeline.consumerReplacements;
-  }
+  const { stalled, unread } = pipeline.consumerReplacements;
+  if (stalled > 0) counts['stalled consumer replaced'] = stalled;
+  if (unread > 0) counts['consumer outside the group replaced'] = unread;
   if ((pipeline.load?.withoutRetryAfter ?? 0) > 0) {
     context.problem(`${pipeline.load.withoutRetryAfter} answers 503/429 without Retry-After`);
   }

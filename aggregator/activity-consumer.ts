@@ -19,6 +19,9 @@ const OFFSET_BEGINNING = -2;
 const COMMIT_WAIT_ON_CLOSE_MS = 3_000;
 /** The seed's write policy: 3 attempts with backoff, then pause and keep trying. */
 const WRITE_BACKOFF_MS = [500, 1000, 2000];
+/** Reads of a partition's checkpoint before the process gives up, and the pause between them. */
+const CHECKPOINT_READ_ATTEMPTS = 3;
+const CHECKPOINT_RETRY_DELAY_MS = 1_000;
 /** How long a replaced consumer that holds partitions may take to leave the group. */
 const REPLACE_DISCONNECT_DEADLINE_MS = 15_000;
 /**
@@ -423,17 +426,26 @@ export class ActivityConsumer implements WatchedConsumer {
   }
 
   /**
-   * A partition without its checkpoint cannot be consumed exactly: after the database's own
-   * retries, give up the process (a supervisor restarts it) rather than guess a position.
+   * A partition without its checkpoint cannot be consumed exactly. A read cut mid-query (the
+   * server crashed or restarted) is tried again, after the connection's own connect retries;
+   * after the last attempt, give up the process (a supervisor restarts it) rather than guess a
+   * position.
    */
   private async loadCheckpointOrExit(partition: number) {
-    try {
-      return await this.db.use((client) =>
-        loadCheckpoint(client, partition, this.options.windowSeconds),
-      );
-    } catch (err) {
-      this.logger.fatal({ err, partition }, 'cannot read the partition checkpoint; exiting');
-      process.exit(1);
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.db.use((client) =>
+          loadCheckpoint(client, partition, this.options.windowSeconds),
+        );
+      } catch (err) {
+        if (attempt >= CHECKPOINT_READ_ATTEMPTS) {
+          this.logger.fatal({ err, partition }, 'cannot read the partition checkpoint; exiting');
+          process.exit(1);
+        }
+        this.metrics.databaseRetries.inc({ operation: 'checkpoint' });
+        this.logger.warn({ err, partition, attempt }, 'checkpoint read failed; retrying');
+        await sleep(CHECKPOINT_RETRY_DELAY_MS);
+      }
     }
   }
 }

@@ -139,7 +139,8 @@ export function createAggregatorMetrics(registry: Registry) {
   };
   for (const reason of INVALID_REASONS) metrics.recordsInvalid.inc({ reason }, 0);
   for (const result of ['ok', 'error']) metrics.flushes.inc({ result }, 0);
-  for (const operation of ['connect', 'flush']) metrics.databaseRetries.inc({ operation }, 0);
+  for (const operation of ['connect', 'flush', 'checkpoint'])
+    metrics.databaseRetries.inc({ operation }, 0);
   for (const type of ['assign', 'revoke']) metrics.rebalances.inc({ type }, 0);
   for (const reason of ['stalled', 'unread']) metrics.consumerReplacements.inc({ reason }, 0);
   return metrics;

@@ -10,7 +10,7 @@ import { withDeadline } from '../shared/lifecycle.js';
 import { stackFromEnv, uniqueName } from '../shared/testing.js';
 import { writeWindowRows } from './copy-writer.js';
 import { LATEST_SCHEMA_VERSION, migrate } from './migrations.js';
-import { loadCheckpoint } from './partition-recovery.js';
+import { loadCheckpoint, loadStoredPositions } from './partition-recovery.js';
 import type { WindowRow } from './window-state.js';
 
 const stack = stackFromEnv();
@@ -274,6 +274,29 @@ describe('loadCheckpoint', () => {
     const checkpoint = await loadCheckpoint(client, 0, WINDOW_SEC);
     assert.equal(checkpoint.resumeFrom, big + 6);
     assert.equal(checkpoint.replayFrom, big);
+  });
+});
+
+describe('loadStoredPositions', () => {
+  test("each partition's first offset not yet stored, or 'beginning' without rows", async () => {
+    const client = await freshSchema();
+    await writeWindowRows(client, [
+      row({ windowStart: w(0), firstOffset: 100, throughOffset: 180, isFinal: true }),
+      row({ windowStart: w(1), firstOffset: 150, throughOffset: 230 }),
+      // An older window written later keeps its older offset: the newest one counts.
+      row({ windowStart: w(2), firstOffset: 160, throughOffset: 200 }),
+      row({ windowStart: w(0), partition: 2, firstOffset: 0, throughOffset: 41 }),
+      // Another window length is another aggregation: not counted.
+      row({ windowStart: w(3), windowSeconds: 300, firstOffset: 7, throughOffset: 8_888 }),
+    ]);
+    assert.deepEqual(
+      await loadStoredPositions(client, [0, 1, 2], WINDOW_SEC),
+      new Map<number, number | 'beginning'>([
+        [0, 231],
+        [1, 'beginning'],
+        [2, 42],
+      ]),
+    );
   });
 });
 

@@ -1,11 +1,8 @@
 /**
- * Tells when the Kafka consumer has stopped delivering records although records wait for it.
- *
- * Chaos runs saw the consumer stop delivering for good after a few broker freezes, with nothing
- * in the process failing, so nothing restarting it (the client library has open reports of such
- * stops: confluent-kafka-javascript #476; docs/RELIABILITY.md has what the logs showed). The
- * watchdog in `ActivityConsumer` asks this detector after each look at the
- * partitions' end offsets, and replaces the consumer when it says so.
+ * Tells when records wait and nothing moves: the pure part of `ConsumerWatchdog`, which keeps
+ * two detectors (batches delivered from the assigned partitions; offsets stored for partitions
+ * no consumer reads), asks them after each look at the partitions' end offsets, and replaces
+ * the consumer when one says so.
  */
 
 /** One look at the consumer and the broker. */

@@ -39,7 +39,8 @@ const END_OFFSETS_DEADLINE_MS = 10_000;
 const QUIET_REPORT_EVERY_MS = 30_000;
 
 /** Why a consumer was replaced (the `reason` label of `aggregator_consumer_replacements_total`). */
-export type ReplacementReason = 'stalled' | 'unread';
+export const REPLACEMENT_REASONS = ['stalled', 'unread'] as const;
+export type ReplacementReason = (typeof REPLACEMENT_REASONS)[number];
 
 /** What excuses a consumer's silence now (see `StallObservation.excused`). */
 export interface Excuses {
@@ -232,7 +233,7 @@ export class ConsumerWatchdog {
       }
     }
     this.storedProgress = progress;
-    return { waiting: recordsWaiting(stored, ends), partitions };
+    return { waiting: Object.keys(partitions).length > 0, partitions };
   }
 
   /**

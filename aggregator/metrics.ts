@@ -1,5 +1,6 @@
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import { EVENT_REJECT_CODES } from '../shared/event-schema.js';
+import { REPLACEMENT_REASONS } from './consumer-watchdog.js';
 
 /**
  * Label values known in advance get their series at 0 from the start, so that `rate()` and
@@ -142,7 +143,7 @@ export function createAggregatorMetrics(registry: Registry) {
   for (const operation of ['connect', 'flush', 'checkpoint'])
     metrics.databaseRetries.inc({ operation }, 0);
   for (const type of ['assign', 'revoke']) metrics.rebalances.inc({ type }, 0);
-  for (const reason of ['stalled', 'unread']) metrics.consumerReplacements.inc({ reason }, 0);
+  for (const reason of REPLACEMENT_REASONS) metrics.consumerReplacements.inc({ reason }, 0);
   return metrics;
 }
 

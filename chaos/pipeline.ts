@@ -8,6 +8,7 @@
 import { createWriteStream, type WriteStream } from 'node:fs';
 import { join } from 'node:path';
 import pg from 'pg';
+import { REPLACEMENT_REASONS, type ReplacementReason } from '../aggregator/consumer-watchdog.js';
 import { readWindowTotals, type WindowTotals } from '../e2e/activity-oracle.js';
 import { AggregatorProcess } from '../e2e/aggregator-process.js';
 import { IngestProcess } from '../e2e/ingest-process.js';
@@ -24,7 +25,7 @@ export const WINDOW_SEC = 10;
 export const PARTITIONS = 6;
 export const SESSION_TIMEOUT_SEC = 6;
 /** What an aggregator logs when its watchdog replaces the Kafka consumer, by what it saw. */
-const CONSUMER_REPLACED_LINES = {
+const CONSUMER_REPLACED_LINES: Record<ReplacementReason, string> = {
   stalled: 'the consumer delivered nothing while records waited',
   unread: 'the consumer holds no partitions while records wait unread',
 };
@@ -51,7 +52,7 @@ export class ChaosPipeline {
   /** Peak resident memory seen, by service name, in bytes. */
   readonly peakRss = new Map<string, number>();
   /** Kafka consumers the aggregators' watchdogs replaced, by reason (their log lines, counted). */
-  readonly consumerReplacements = { stalled: 0, unread: 0 };
+  readonly consumerReplacements: Record<ReplacementReason, number> = { stalled: 0, unread: 0 };
   /** Problems seen while the run was going (not only at the end). */
   readonly problems: string[] = [];
   private lastView: WindowTotals[] = [];
@@ -138,8 +139,8 @@ export class ChaosPipeline {
     });
     this.keepLog(aggregator, `aggregator-${this.aggregators.length + 1}`);
     aggregator.onOutput((line) => {
-      for (const [reason, text] of Object.entries(CONSUMER_REPLACED_LINES)) {
-        if (line.includes(text)) this.consumerReplacements[reason as 'stalled' | 'unread']++;
+      for (const reason of REPLACEMENT_REASONS) {
+        if (line.includes(CONSUMER_REPLACED_LINES[reason])) this.consumerReplacements[reason]++;
       }
     });
     if (start) aggregator.start();

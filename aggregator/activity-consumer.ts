@@ -6,8 +6,8 @@ import type { Aggregation } from './aggregation.js';
 import { ConsumerWatchdog, type Excuses, type WatchedConsumer } from './consumer-watchdog.js';
 import type { Database } from './database.js';
 import type { AggregatorMetrics } from './metrics.js';
+import type { Position } from './partition-backlog.js';
 import { loadCheckpoint } from './partition-recovery.js';
-import type { Position } from './stall-detector.js';
 
 const { ErrorCodes, PartitionAssigners } = kafkaJavascript.KafkaJS;
 type Consumer = ReturnType<Kafka['consumer']>;

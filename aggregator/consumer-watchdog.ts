@@ -17,17 +17,17 @@ import kafkaJavascript from '@confluentinc/kafka-javascript';
 import type { Kafka } from '../shared/kafka-client.js';
 import { withDeadline } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
+import { StallDetector } from '../shared/stall-detector.js';
 import type { Database } from './database.js';
 import type { AggregatorMetrics } from './metrics.js';
-import { loadStoredPositions } from './partition-recovery.js';
 import {
   backlog,
   type PartitionEnd,
   type Position,
   QuietClock,
   recordsWaiting,
-  StallDetector,
-} from './stall-detector.js';
+} from './partition-backlog.js';
+import { loadStoredPositions } from './partition-recovery.js';
 
 const { IsolationLevel } = kafkaJavascript.KafkaJS;
 type Admin = ReturnType<Kafka['admin']>;
@@ -134,7 +134,7 @@ export class ConsumerWatchdog {
         nowMs,
         progress: this.consumer.deliveries,
         excused,
-        recordsWaiting: waiting,
+        waiting,
       })
     ) {
       this.logger.error(
@@ -151,7 +151,7 @@ export class ConsumerWatchdog {
         nowMs,
         progress: this.storedProgress,
         excused: held || excuses.stopping || excuses.rebalancing,
-        recordsWaiting: held ? false : unread.waiting,
+        waiting: held ? false : unread.waiting,
       })
     ) {
       this.logger.error(

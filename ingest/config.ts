@@ -11,6 +11,11 @@ export interface IngestConfig {
   topicPartitions: number;
   /** Longest wait for the broker's acknowledgement before answering 503. */
   ackTimeoutMs: number;
+  /**
+   * Events waiting with no acknowledgement for this long, while the broker names a leader for
+   * every partition: the producer is replaced (`producer-watchdog.ts`).
+   */
+  producerStallTimeoutMs: number;
   /** Events produced but not yet acknowledged, at most; beyond it requests get 503. */
   maxInFlightEvents: number;
   /** Largest request body accepted, in bytes (as sent, before decompression). */
@@ -44,6 +49,7 @@ export function readIngestConfig(env: NodeJS.ProcessEnv): IngestConfig {
     topic: r.string('TOPIC', DEFAULT_TOPIC),
     topicPartitions: r.int('TOPIC_PARTITIONS', 6, { min: 1, max: 1024 }),
     ackTimeoutMs: r.secondsAsMs('ACK_TIMEOUT_SEC', 10, { min: 0.1, max: 300 }),
+    producerStallTimeoutMs: r.secondsAsMs('PRODUCER_STALL_TIMEOUT_SEC', 5, { min: 1, max: 300 }),
     maxInFlightEvents: r.int('MAX_IN_FLIGHT_EVENTS', 50_000, { min: 1, max: 10_000_000 }),
     maxBodyBytes: r.int('MAX_BODY_BYTES', 1_048_576, { min: 1024, max: 64 * 1_048_576 }),
     maxDecompressedBytes: r.int('MAX_DECOMPRESSED_BYTES', 4_194_304, {

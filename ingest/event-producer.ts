@@ -3,6 +3,7 @@ import kafkaJavascript, {
   type DeliveryReport,
   type LibrdKafkaError,
   type MessageHeader,
+  type Metadata,
 } from '@confluentinc/kafka-javascript';
 import { PipelineError } from '../shared/errors.js';
 import { type ActivityEvent, encodeEvent } from '../shared/event-schema.js';
@@ -16,6 +17,10 @@ import type { Logger } from '../shared/logger.js';
 import type { IngestMetrics } from './metrics.js';
 
 const { Producer, CODES } = kafkaJavascript;
+type NativeProducer = InstanceType<typeof Producer>;
+
+/** The metadata request of `leadersKnown`: the client's timeout for it. */
+const METADATA_TIMEOUT_MS = 5_000;
 
 export interface EventProducerOptions {
   brokers: string[];
@@ -44,12 +49,19 @@ const HEADERS: MessageHeader[] = [{ 'content-type': 'application/json' }];
  * idempotent producer can write a message twice (librdkafka bumps the producer epoch after a
  * timeout, and re-sends what may already be stored under the new epoch); the copy is the same
  * bytes, id included, and the aggregator counts an id once per window.
+ *
+ * The native producer can be swapped for a new one (`replace`, asked by `ProducerWatchdog` when
+ * it stops delivering while the broker is well). The in-flight bound counts the events of both.
  */
 export class EventProducer {
-  private readonly producer: InstanceType<typeof Producer>;
+  private producer: NativeProducer;
   private readonly clientLog: ClientLog;
   private inFlightEvents = 0;
+  /** Events the broker has acknowledged, since start (the watchdog's progress). */
+  private acknowledgedEvents = 0;
   private ready = false;
+  /** A replaced producer delivering or timing out what it still holds, then disconnecting. */
+  private retirement: Promise<void> | undefined;
   /** Assigned ids: unique to this process (random prefix), then a counter. */
   private readonly eventIdPrefix = `${randomBytes(9).toString('base64url')}.`;
   private eventIdSequence = 0;
@@ -61,13 +73,19 @@ export class EventProducer {
     private readonly logger: Logger,
   ) {
     this.clientLog = createClientLog(logger);
-    // librdkafka's own producer API, not the KafkaJS-compatible `send()`: a send per event cost a
-    // promise, a converted message and headers object, and a result array per event, half of
-    // ingest's CPU under batches (bench/RESULTS.md). Here each event is one native `produce()`
-    // whose delivery report settles it.
-    this.producer = new Producer({
-      'bootstrap.servers': options.brokers.join(','),
-      'client.id': options.clientId,
+    this.producer = this.createProducer();
+  }
+
+  /**
+   * librdkafka's own producer API, not the KafkaJS-compatible `send()`: a send per event cost a
+   * promise, a converted message and headers object, and a result array per event, half of
+   * ingest's CPU under batches (bench/RESULTS.md). Here each event is one native `produce()`
+   * whose delivery report settles it.
+   */
+  private createProducer(): NativeProducer {
+    const producer = new Producer({
+      'bootstrap.servers': this.options.brokers.join(','),
+      'client.id': this.options.clientId,
       'enable.idempotence': true,
       acks: -1,
       'compression.type': 'lz4',
@@ -80,8 +98,8 @@ export class EventProducer {
       // librdkafka gives up a message it could not deliver in time. Given up is not the same as
       // not stored: the broker may have written it and lost the acknowledgement (librdkafka's
       // "possibly persisted"). So a timeout is answered as an unknown outcome (see README).
-      'message.timeout.ms': options.ackTimeoutMs,
-      'queue.buffering.max.messages': Math.max(options.maxInFlightEvents * 2, 1000),
+      'message.timeout.ms': this.options.ackTimeoutMs,
+      'queue.buffering.max.messages': Math.max(this.options.maxInFlightEvents * 2, 1000),
       // librdkafka notices timed-out messages when its broker thread wakes, and while the broker
       // is down that thread sleeps up to this reconnect backoff (default 10 s): keep it short so
       // a timeout is reported close to ACK_TIMEOUT_SEC.
@@ -89,18 +107,20 @@ export class EventProducer {
       log_level: 4,
       dr_cb: true,
     });
-    this.producer.on('delivery-report', (err: LibrdKafkaError | null, report: DeliveryReport) => {
+    producer.on('delivery-report', (err: LibrdKafkaError | null, report: DeliveryReport) => {
+      if (err === null) this.acknowledgedEvents++;
       (report.opaque as Settle)(err ? classifyProduceError(err) : null);
     });
-    this.producer.on('event.error', (err: LibrdKafkaError) =>
+    producer.on('event.error', (err: LibrdKafkaError) =>
       this.clientLog.error(err.message, { code: err.code }),
     );
-    this.producer.on('event.log', (log: { severity: number; fac: string; message: string }) => {
+    producer.on('event.log', (log: { severity: number; fac: string; message: string }) => {
       const extra = { fac: log.fac };
       if (log.severity <= 3) this.clientLog.error(log.message, extra);
       else if (log.severity === 4) this.clientLog.warn(log.message, extra);
       else this.clientLog.debug(log.message, extra);
     });
+    return producer;
   }
 
   /** Events handed to the producer and not yet acknowledged. */
@@ -119,12 +139,77 @@ export class EventProducer {
       { topic: this.options.topic, partitions: topic.partitions, created: topic.created },
       'topic ready',
     );
-    await new Promise<void>((resolve, reject) => {
-      this.producer.connect({}, (err) => (err ? reject(err) : resolve()));
-    });
-    // Delivery reports are polled on librdkafka's background thread and handed to the event loop.
-    this.producer.setPollInBackground(true);
+    await connect(this.producer);
     this.ready = true;
+  }
+
+  /** Events the broker has acknowledged since start. */
+  get acknowledged(): number {
+    return this.acknowledgedEvents;
+  }
+
+  /** True while a replaced producer still delivers or gives up what it held. */
+  get retiring(): boolean {
+    return this.retirement !== undefined;
+  }
+
+  /**
+   * Whether the broker names a leader for every partition of the topic, asked now (a metadata
+   * request, not the client's cache); undefined when it does not answer.
+   */
+  async leadersKnown(): Promise<boolean | undefined> {
+    try {
+      const metadata = await new Promise<Metadata>((resolve, reject) => {
+        this.producer.getMetadata(
+          { topic: this.options.topic, timeout: METADATA_TIMEOUT_MS },
+          (err, data) => (err ? reject(err) : resolve(data)),
+        );
+      });
+      const topic = metadata.topics.find((t) => t.name === this.options.topic);
+      if (topic === undefined || topic.partitions.length === 0) return false;
+      return topic.partitions.every((partition) => partition.leader >= 0);
+    } catch (err) {
+      this.logger.debug({ err }, 'topic metadata unavailable');
+      return undefined;
+    }
+  }
+
+  /**
+   * Swaps the native producer for a new one, connected, and resolves once new events go to it.
+   * The old one keeps what it holds: each of its events is still acknowledged or given up (at
+   * ACK_TIMEOUT_SEC, an unknown outcome) and answered so; then it disconnects. One old producer
+   * at a time: while one is still retiring, this waits for it first.
+   */
+  async replace(): Promise<void> {
+    await this.retirement;
+    const fresh = this.createProducer();
+    try {
+      await connect(fresh);
+    } catch (err) {
+      fresh.disconnect();
+      throw err;
+    }
+    if (!this.ready) {
+      // Closed meanwhile: the current producer is the one being flushed.
+      await new Promise<void>((resolve) => fresh.disconnect(() => resolve()));
+      return;
+    }
+    const old = this.producer;
+    this.producer = fresh;
+    this.retirement = this.retire(old).finally(() => {
+      this.retirement = undefined;
+    });
+  }
+
+  private async retire(old: NativeProducer): Promise<void> {
+    // Every message in it times out by ACK_TIMEOUT_SEC; the flush waits a little past that.
+    await new Promise<void>((resolve) => {
+      old.flush(this.options.ackTimeoutMs + 1000, (err) => {
+        if (err) this.logger.warn({ err }, 'the replaced producer did not flush');
+        resolve();
+      });
+    });
+    await new Promise<void>((resolve) => old.disconnect(() => resolve()));
   }
 
   /**
@@ -197,6 +282,7 @@ export class EventProducer {
   /** Flushes what is queued (bounded by `timeoutMs`) and disconnects. */
   async close(timeoutMs: number): Promise<void> {
     this.ready = false;
+    await this.retirement;
     if (!this.producer.isConnected()) return;
     await new Promise<void>((resolve) => {
       this.producer.flush(timeoutMs, (err) => {
@@ -208,6 +294,14 @@ export class EventProducer {
       this.producer.disconnect(() => resolve());
     });
   }
+}
+
+/** Connects a native producer, its delivery reports polled on librdkafka's background thread. */
+async function connect(producer: NativeProducer): Promise<void> {
+  await new Promise<void>((resolve, reject) => {
+    producer.connect({}, (err) => (err ? reject(err) : resolve()));
+  });
+  producer.setPollInBackground(true);
 }
 
 function classifyProduceError(err: unknown): PipelineError {

@@ -80,6 +80,11 @@ export function createIngestMetrics(registry: Registry, options: { maxInFlightEv
       help: 'MAX_IN_FLIGHT_EVENTS: beyond it, requests get 503 queue_full.',
       registers,
     }),
+    producerReplacements: new Counter({
+      name: 'ingest_producer_replacements_total',
+      help: 'Kafka producers replaced by the watchdog: none acknowledged for PRODUCER_STALL_TIMEOUT_SEC while events waited and the broker led every partition.',
+      registers,
+    }),
     ackDuration: new Histogram({
       name: 'ingest_broker_ack_duration_seconds',
       help: 'Time from handing a request’s events to the producer to the broker’s acknowledgement.',

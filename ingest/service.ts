@@ -8,6 +8,7 @@ import { CorsPolicy } from './cors.js';
 import { EventProducer } from './event-producer.js';
 import { HttpServer } from './http-server.js';
 import { createIngestMetrics, routeLabel } from './metrics.js';
+import { ProducerWatchdog } from './producer-watchdog.js';
 import { RateLimiter } from './rate-limiter.js';
 import { createRequestHandler } from './request-handler.js';
 
@@ -37,6 +38,12 @@ export async function startIngest(config: IngestConfig, logger: Logger): Promise
     },
     metrics,
     logger.child({ component: 'producer' }),
+  );
+  const watchdog = new ProducerWatchdog(
+    producer,
+    config.producerStallTimeoutMs,
+    metrics,
+    logger.child({ component: 'producer-watchdog' }),
   );
   const cors = new CorsPolicy(config.corsAllowedOrigins);
   const http = new HttpServer({
@@ -69,9 +76,11 @@ export async function startIngest(config: IngestConfig, logger: Logger): Promise
 
   try {
     await producer.start();
+    watchdog.start();
     await http.start();
   } catch (err) {
     state.set('failed');
+    watchdog.close();
     await producer.close(1000).catch(() => {});
     http.stopAccepting();
     throw err;
@@ -86,6 +95,7 @@ export async function startIngest(config: IngestConfig, logger: Logger): Promise
       state.set('draining');
       http.stopAccepting();
       await withDeadline(http.drained(), config.shutdownGraceMs, 'answering in-flight requests');
+      watchdog.close();
       await producer.close(Math.max(1000, config.shutdownGraceMs / 2));
       state.set('stopped');
     })();

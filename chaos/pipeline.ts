@@ -15,6 +15,7 @@ import { IngestProcess } from '../e2e/ingest-process.js';
 import { OutcomeLedger, type Verdict } from '../e2e/outcome-ledger.js';
 import type { ServiceProcess } from '../e2e/service-process.js';
 import { createTestResources, type TestResources } from '../e2e/test-resources.js';
+import { PRODUCER_REPLACED_LINE } from '../ingest/producer-watchdog.js';
 import { sleep, withDeadline } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
 import { freeTcpPort } from '../shared/testing.js';
@@ -53,6 +54,13 @@ export class ChaosPipeline {
   readonly peakRss = new Map<string, number>();
   /** Kafka consumers the aggregators' watchdogs replaced, by reason (their log lines, counted). */
   readonly consumerReplacements: Record<ReplacementReason, number> = { stalled: 0, unread: 0 };
+  /** Kafka producers ingest's watchdog replaced (its log lines, counted). */
+  producerReplacements = 0;
+  /**
+   * Partitions ingest's producer was told have no leader, and kept so (librdkafka #5430: what
+   * its watchdog mends), counted from librdkafka's warning.
+   */
+  leaderlessUpdates = 0;
   /** Problems seen while the run was going (not only at the end). */
   readonly problems: string[] = [];
   private lastView: WindowTotals[] = [];
@@ -98,6 +106,12 @@ export class ChaosPipeline {
       ...this.options.ingestEnv,
     });
     this.keepLog(this.ingest, 'ingest');
+    this.ingest.onOutput((line) => {
+      if (line.includes(PRODUCER_REPLACED_LINE)) this.producerReplacements++;
+      if (line.includes('METADATAUPDATE') && line.includes('not found in cache')) {
+        this.leaderlessUpdates++;
+      }
+    });
     this.ingest.start();
     await this.ingest.waitReady(30_000);
     for (let i = 0; i < aggregators; i++) await this.addAggregator();

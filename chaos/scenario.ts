@@ -131,6 +131,13 @@ export async function runScenario(options: {
   const { stalled, unread } = pipeline.consumerReplacements;
   if (stalled > 0) counts['stalled consumer replaced'] = stalled;
   if (unread > 0) counts['consumer outside the group replaced'] = unread;
+  if (pipeline.producerReplacements > 0) {
+    counts['stopped producer replaced'] = pipeline.producerReplacements;
+  }
+  if (pipeline.leaderlessUpdates > 0) {
+    counts['partitions left leaderless in the producer (librdkafka #5430)'] =
+      pipeline.leaderlessUpdates;
+  }
   if ((pipeline.load?.withoutRetryAfter ?? 0) > 0) {
     context.problem(`${pipeline.load.withoutRetryAfter} answers 503/429 without Retry-After`);
   }

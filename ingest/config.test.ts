@@ -23,6 +23,7 @@ describe('readIngestConfig', () => {
       topic: 'incoming.user_activity',
       topicPartitions: 6,
       ackTimeoutMs: 10_000,
+      producerStallTimeoutMs: 5_000,
       maxInFlightEvents: 50_000,
       maxBodyBytes: 1_048_576,
       maxDecompressedBytes: 4_194_304,
@@ -46,6 +47,7 @@ describe('readIngestConfig', () => {
       TOPIC: 'activity.test',
       TOPIC_PARTITIONS: '12',
       ACK_TIMEOUT_SEC: '2.5',
+      PRODUCER_STALL_TIMEOUT_SEC: '3',
       MAX_IN_FLIGHT_EVENTS: '1000',
       MAX_BODY_BYTES: '2048',
       MAX_DECOMPRESSED_BYTES: '8192',
@@ -66,6 +68,7 @@ describe('readIngestConfig', () => {
       topic: 'activity.test',
       topicPartitions: 12,
       ackTimeoutMs: 2500,
+      producerStallTimeoutMs: 3000,
       maxInFlightEvents: 1000,
       maxBodyBytes: 2048,
       maxDecompressedBytes: 8192,
@@ -91,6 +94,7 @@ describe('readIngestConfig', () => {
       KAFKA_BROKERS: ' , ',
       MAX_BATCH_EVENTS: '0',
       RATE_LIMIT_PER_SEC: '-5',
+      PRODUCER_STALL_TIMEOUT_SEC: '0',
     });
     for (const name of [
       'INGEST_PORT',
@@ -101,6 +105,7 @@ describe('readIngestConfig', () => {
       'KAFKA_BROKERS',
       'MAX_BATCH_EVENTS',
       'RATE_LIMIT_PER_SEC',
+      'PRODUCER_STALL_TIMEOUT_SEC',
     ]) {
       assert.match(err.message, new RegExp(`- ${name}\\b`), name);
     }

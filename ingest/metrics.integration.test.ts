@@ -168,6 +168,8 @@ test('/metrics has every metric family the README promises, counting the traffic
   );
   family('ingest_rate_limited_requests_total', 'counter');
   assert.equal(value('ingest_rate_limited_requests_total'), limited);
+  family('ingest_producer_replacements_total', 'counter');
+  assert.equal(value('ingest_producer_replacements_total'), 0, 'a well producer is kept');
   family('ingest_state', 'gauge');
   assert.equal(value('ingest_state', { state: 'running' }), 1);
   assert.equal(value('ingest_state', { state: 'draining' }), 0);

@@ -10,10 +10,9 @@
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import { after, before, test } from 'node:test';
-import { createKafka } from '../shared/kafka-client.js';
 import { withDeadline } from '../shared/lifecycle.js';
 import { createLogger } from '../shared/logger.js';
-import { freeTcpPort, stackFromEnv, uniqueName, waitFor } from '../shared/testing.js';
+import { deleteTopics, freeTcpPort, stackFromEnv, uniqueName, waitFor } from '../shared/testing.js';
 import { readIngestConfig } from './config.js';
 import { type IngestService, startIngest } from './service.js';
 
@@ -48,15 +47,8 @@ after(async () => {
   for (const result of results) if (result.status === 'rejected') throw result.reason;
 });
 
-async function deleteTopic(): Promise<void> {
-  const kafka = createKafka({ brokers: stack.kafkaBrokers.split(','), clientId: 'storm', logger });
-  const admin = kafka.admin();
-  await admin.connect();
-  try {
-    await admin.deleteTopics({ topics: [topic], timeout: 10_000 });
-  } finally {
-    await admin.disconnect();
-  }
+function deleteTopic(): Promise<void> {
+  return deleteTopics(stack.kafkaBrokers, [topic], logger);
 }
 
 /** How a client gives up. */

@@ -18,10 +18,9 @@ import { after, before, test } from 'node:test';
 import { gzipSync } from 'node:zlib';
 import fc from 'fast-check';
 import { EVENT_FIELDS } from '../shared/event-schema.js';
-import { createKafka } from '../shared/kafka-client.js';
 import { withDeadline } from '../shared/lifecycle.js';
 import { createLogger } from '../shared/logger.js';
-import { freeTcpPort, stackFromEnv, uniqueName, waitFor } from '../shared/testing.js';
+import { deleteTopics, freeTcpPort, stackFromEnv, uniqueName, waitFor } from '../shared/testing.js';
 import { readIngestConfig } from './config.js';
 import { type IngestService, startIngest } from './service.js';
 
@@ -89,15 +88,8 @@ after(async () => {
   for (const result of results) if (result.status === 'rejected') throw result.reason;
 });
 
-async function deleteTopic(): Promise<void> {
-  const kafka = createKafka({ brokers: stack.kafkaBrokers.split(','), clientId: 'fuzz', logger });
-  const admin = kafka.admin();
-  await admin.connect();
-  try {
-    await admin.deleteTopics({ topics: [topic], timeout: 10_000 });
-  } finally {
-    await admin.disconnect();
-  }
+function deleteTopic(): Promise<void> {
+  return deleteTopics(stack.kafkaBrokers, [topic], logger);
 }
 
 // --- The wire ------------------------------------------------------------------------------

@@ -6,10 +6,9 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { after, before, test } from 'node:test';
-import { createKafka } from '../shared/kafka-client.js';
 import { withDeadline } from '../shared/lifecycle.js';
 import { createLogger } from '../shared/logger.js';
-import { freeTcpPort, stackFromEnv, uniqueName } from '../shared/testing.js';
+import { deleteTopics, freeTcpPort, stackFromEnv, uniqueName } from '../shared/testing.js';
 import { readIngestConfig } from './config.js';
 import { type IngestService, startIngest } from './service.js';
 
@@ -40,23 +39,7 @@ after(async () => {
   const closed = await Promise.allSettled([
     withDeadline(ingest?.close() ?? Promise.resolve(), 15_000, 'closing ingest'),
   ]);
-  const admin = createKafka({
-    brokers: [stack.kafkaBrokers],
-    clientId: 'metrics-test-cleanup',
-    logger,
-  }).admin();
-  await withDeadline(
-    (async () => {
-      await admin.connect();
-      try {
-        await admin.deleteTopics({ topics: [topic], timeout: 10_000 });
-      } finally {
-        await admin.disconnect();
-      }
-    })(),
-    20_000,
-    'deleting the test topic',
-  );
+  await deleteTopics(stack.kafkaBrokers, [topic], logger);
   for (const result of closed) if (result.status === 'rejected') throw result.reason;
 });
 

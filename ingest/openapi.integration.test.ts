@@ -28,10 +28,9 @@ import {
   EVENT_REJECT_CODES,
   validateEvent,
 } from '../shared/event-schema.js';
-import { createKafka } from '../shared/kafka-client.js';
 import { SERVICE_STATES, withDeadline } from '../shared/lifecycle.js';
 import { createLogger } from '../shared/logger.js';
-import { freeTcpPort, stackFromEnv, uniqueName } from '../shared/testing.js';
+import { deleteTopics, freeTcpPort, stackFromEnv, uniqueName } from '../shared/testing.js';
 import { readIngestConfig } from './config.js';
 import { type IngestService, startIngest } from './service.js';
 
@@ -685,23 +684,7 @@ after(async () => {
   const results = await Promise.allSettled(
     instances.map((service, i) => withDeadline(service.close(), 15_000, `closing ingest #${i}`)),
   );
-  const admin = createKafka({
-    brokers: [stack.kafkaBrokers],
-    clientId: 'openapi-test-cleanup',
-    logger,
-  }).admin();
-  await withDeadline(
-    (async () => {
-      await admin.connect();
-      try {
-        await admin.deleteTopics({ topics: [topic], timeout: 10_000 });
-      } finally {
-        await admin.disconnect();
-      }
-    })(),
-    20_000,
-    'deleting the test topic',
-  );
+  await deleteTopics(stack.kafkaBrokers, [topic], logger);
   for (const result of results) if (result.status === 'rejected') throw result.reason;
 });
 

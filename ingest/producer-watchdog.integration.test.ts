@@ -15,7 +15,7 @@ import type { ActivityEvent } from '../shared/event-schema.js';
 import { createKafka } from '../shared/kafka-client.js';
 import { withDeadline } from '../shared/lifecycle.js';
 import { createLogger } from '../shared/logger.js';
-import { stackFromEnv, uniqueName, waitFor } from '../shared/testing.js';
+import { deleteTopics, stackFromEnv, uniqueName, waitFor, withAdmin } from '../shared/testing.js';
 import { EventProducer } from './event-producer.js';
 import { createIngestMetrics } from './metrics.js';
 import { ProducerWatchdog } from './producer-watchdog.js';
@@ -53,13 +53,7 @@ before(async () => {
 after(async () => {
   watchdog?.close();
   await withDeadline(producer?.close(5_000) ?? Promise.resolve(), 15_000, 'closing the producer');
-  const admin = kafka.admin();
-  await admin.connect();
-  try {
-    await admin.deleteTopics({ topics: [topic], timeout: 10_000 });
-  } finally {
-    await admin.disconnect();
-  }
+  await deleteTopics(stack.kafkaBrokers, [topic], logger);
 });
 
 const events = (label: string, n: number): ActivityEvent[] =>
@@ -77,14 +71,10 @@ async function replacements(): Promise<number> {
 
 /** Records in the topic: the sum of its partitions' end offsets (nothing else writes to it). */
 async function recordsInTopic(): Promise<number> {
-  const admin = kafka.admin();
-  await admin.connect();
-  try {
-    const offsets = await admin.fetchTopicOffsets(topic);
-    return offsets.reduce((sum, o) => sum + Number(o.high), 0);
-  } finally {
-    await admin.disconnect();
-  }
+  const offsets = await withAdmin(stack.kafkaBrokers, logger, (admin) =>
+    admin.fetchTopicOffsets(topic),
+  );
+  return offsets.reduce((sum, o) => sum + Number(o.high), 0);
 }
 
 test('a producer that acknowledges nothing while the broker is well is replaced; nothing is lost', async () => {

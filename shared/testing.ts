@@ -5,6 +5,9 @@
  */
 import { randomBytes } from 'node:crypto';
 import { createServer } from 'node:net';
+import { createKafka, type Kafka } from './kafka-client.js';
+import { withDeadline } from './lifecycle.js';
+import type { Logger } from './logger.js';
 
 export interface StackAddresses {
   kafkaBrokers: string;
@@ -21,6 +24,42 @@ export function stackFromEnv(env: NodeJS.ProcessEnv = process.env): StackAddress
     );
   }
   return { kafkaBrokers, databaseUrl };
+}
+
+type Admin = ReturnType<Kafka['admin']>;
+
+/**
+ * Runs `use` with an admin client of the broker at `brokers` (comma-separated), connected for
+ * it and disconnected after, all within 20 s: a test's cleanup (deleting its topics) and its
+ * looks at the topic.
+ */
+export async function withAdmin<T>(
+  brokers: string,
+  logger: Logger,
+  use: (admin: Admin) => Promise<T>,
+): Promise<T> {
+  const admin = createKafka({
+    brokers: brokers.split(','),
+    clientId: 'test-admin',
+    logger,
+  }).admin();
+  return withDeadline(
+    (async () => {
+      await admin.connect();
+      try {
+        return await use(admin);
+      } finally {
+        await admin.disconnect();
+      }
+    })(),
+    20_000,
+    'the test admin client',
+  );
+}
+
+/** Deletes a test's topics. */
+export function deleteTopics(brokers: string, topics: string[], logger: Logger): Promise<void> {
+  return withAdmin(brokers, logger, (admin) => admin.deleteTopics({ topics, timeout: 10_000 }));
 }
 
 /** A name unique to this test: topics, consumer groups and schemas never collide. */

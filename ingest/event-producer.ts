@@ -15,6 +15,7 @@ import {
 } from '../shared/kafka-client.js';
 import type { Logger } from '../shared/logger.js';
 import type { IngestMetrics } from './metrics.js';
+import { DeliveryHealth } from './producer-watchdog.js';
 
 const { Producer, CODES } = kafkaJavascript;
 type NativeProducer = InstanceType<typeof Producer>;
@@ -57,8 +58,8 @@ export class EventProducer {
   private producer: NativeProducer;
   private readonly clientLog: ClientLog;
   private inFlightEvents = 0;
-  /** Events the broker has acknowledged, since start (the watchdog's progress). */
-  private acknowledgedEvents = 0;
+  /** What the current native producer's delivery reports say, per partition (for the watchdog). */
+  readonly health = new DeliveryHealth();
   private ready = false;
   /** A replaced producer delivering or timing out what it still holds, then disconnecting. */
   private retirement: Promise<void> | undefined;
@@ -108,7 +109,13 @@ export class EventProducer {
       dr_cb: true,
     });
     producer.on('delivery-report', (err: LibrdKafkaError | null, report: DeliveryReport) => {
-      if (err === null) this.acknowledgedEvents++;
+      if (producer === this.producer) {
+        if (err === null) this.health.acknowledged(report.partition);
+        else if (err.code === CODES.ERRORS.ERR__MSG_TIMED_OUT) {
+          // The message's timestamp is the request's receive time (see `produce`).
+          this.health.timedOut(report.partition, report.timestamp ?? Date.now());
+        }
+      }
       (report.opaque as Settle)(err ? classifyProduceError(err) : null);
     });
     producer.on('event.error', (err: LibrdKafkaError) =>
@@ -141,11 +148,6 @@ export class EventProducer {
     );
     await connect(this.producer);
     this.ready = true;
-  }
-
-  /** Events the broker has acknowledged since start. */
-  get acknowledged(): number {
-    return this.acknowledgedEvents;
   }
 
   /** True while a replaced producer still delivers or gives up what it held. */
@@ -196,6 +198,7 @@ export class EventProducer {
     }
     const old = this.producer;
     this.producer = fresh;
+    this.health.reset();
     this.retirement = this.retire(old).finally(() => {
       this.retirement = undefined;
     });

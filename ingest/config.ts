@@ -12,8 +12,9 @@ export interface IngestConfig {
   /** Longest wait for the broker's acknowledgement before answering 503. */
   ackTimeoutMs: number;
   /**
-   * Events waiting with no acknowledgement for this long, while the broker names a leader for
-   * every partition: the producer is replaced (`producer-watchdog.ts`).
+   * After an event handed over while the broker named every leader timed out, partitions whose
+   * latest event timed out getting nothing acknowledged for this long: the producer is replaced
+   * (`producer-watchdog.ts`).
    */
   producerStallTimeoutMs: number;
   /** Events produced but not yet acknowledged, at most; beyond it requests get 503. */

@@ -82,7 +82,7 @@ export function createIngestMetrics(registry: Registry, options: { maxInFlightEv
     }),
     producerReplacements: new Counter({
       name: 'ingest_producer_replacements_total',
-      help: 'Kafka producers replaced by the watchdog: none acknowledged for PRODUCER_STALL_TIMEOUT_SEC while events waited and the broker led every partition.',
+      help: 'Kafka producers replaced by the watchdog: events timed out while the broker led every partition, and their partitions had nothing acknowledged for PRODUCER_STALL_TIMEOUT_SEC.',
       registers,
     }),
     ackDuration: new Histogram({

@@ -3,7 +3,6 @@ import kafkaJavascript, {
   type DeliveryReport,
   type LibrdKafkaError,
   type MessageHeader,
-  type Metadata,
 } from '@confluentinc/kafka-javascript';
 import { PipelineError } from '../shared/errors.js';
 import { type ActivityEvent, encodeEvent } from '../shared/event-schema.js';
@@ -13,15 +12,18 @@ import {
   ensureTopic,
   type Kafka,
 } from '../shared/kafka-client.js';
+import { withDeadline } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
 import type { IngestMetrics } from './metrics.js';
 import { DeliveryHealth } from './producer-watchdog.js';
 
 const { Producer, CODES } = kafkaJavascript;
 type NativeProducer = InstanceType<typeof Producer>;
+type Admin = ReturnType<Kafka['admin']>;
 
-/** The metadata request of `leadersKnown`: the client's timeout for it. */
+/** The metadata request of `leadersKnown`: the client's timeout for it, and ours around it. */
 const METADATA_TIMEOUT_MS = 5_000;
+const METADATA_DEADLINE_MS = 8_000;
 
 export interface EventProducerOptions {
   brokers: string[];
@@ -63,6 +65,9 @@ export class EventProducer {
   private ready = false;
   /** A replaced producer delivering or timing out what it still holds, then disconnecting. */
   private retirement: Promise<void> | undefined;
+  /** The watchdog's admin client (`leadersKnown`), made at its first question. */
+  private admin: Admin | undefined;
+  private adminConnected = false;
   /** Assigned ids: unique to this process (random prefix), then a counter. */
   private readonly eventIdPrefix = `${randomBytes(9).toString('base64url')}.`;
   private eventIdSequence = 0;
@@ -112,8 +117,8 @@ export class EventProducer {
       if (producer === this.producer) {
         if (err === null) this.health.acknowledged(report.partition);
         else if (err.code === CODES.ERRORS.ERR__MSG_TIMED_OUT) {
-          // The message's timestamp is the request's receive time (see `produce`).
-          this.health.timedOut(report.partition, report.timestamp ?? Date.now());
+          // Handed over at least message.timeout.ms ago (the report carries no send time).
+          this.health.timedOut(report.partition, Date.now() - this.options.ackTimeoutMs);
         }
       }
       (report.opaque as Settle)(err ? classifyProduceError(err) : null);
@@ -156,18 +161,28 @@ export class EventProducer {
   }
 
   /**
-   * Whether the broker names a leader for every partition of the topic, asked now (a metadata
-   * request, not the client's cache); undefined when it does not answer.
+   * Whether the broker names a leader for every partition of the topic, asked now through an
+   * admin client of its own (not the producer, whose view of the partitions is what may be
+   * wrong); undefined when the broker does not answer in time.
    */
   async leadersKnown(): Promise<boolean | undefined> {
     try {
-      const metadata = await new Promise<Metadata>((resolve, reject) => {
-        this.producer.getMetadata(
-          { topic: this.options.topic, timeout: METADATA_TIMEOUT_MS },
-          (err, data) => (err ? reject(err) : resolve(data)),
-        );
-      });
-      const topic = metadata.topics.find((t) => t.name === this.options.topic);
+      this.admin ??= this.kafka.admin();
+      const admin = this.admin;
+      const [topic] = await withDeadline(
+        (async () => {
+          if (!this.adminConnected) {
+            await admin.connect();
+            this.adminConnected = true;
+          }
+          return admin.fetchTopicMetadata({
+            topics: [this.options.topic],
+            timeout: METADATA_TIMEOUT_MS,
+          });
+        })(),
+        METADATA_DEADLINE_MS,
+        'the topic metadata',
+      );
       if (topic === undefined || topic.partitions.length === 0) return false;
       return topic.partitions.every((partition) => partition.leader >= 0);
     } catch (err) {
@@ -285,6 +300,7 @@ export class EventProducer {
   /** Flushes what is queued (bounded by `timeoutMs`) and disconnects. */
   async close(timeoutMs: number): Promise<void> {
     this.ready = false;
+    if (this.adminConnected) await this.admin?.disconnect().catch(() => {});
     await this.retirement;
     if (!this.producer.isConnected()) return;
     await new Promise<void>((resolve) => {

@@ -9,8 +9,8 @@
  *
  * So it reads the delivery reports per partition (`DeliveryHealth`): a partition *fails* while
  * its latest report is a timeout. Every second, while some partition fails, it asks the broker
- * (a metadata request of the producer's own, not its cache) whether every partition has a leader,
- * and so knows since when the broker has been well. An event handed over while the broker was
+ * (through an admin client of its own: the producer's view is what may be wrong) whether every
+ * partition has a leader, and so knows since when the broker has been well. An event handed over while the broker was
  * well that timed out anyway is the producer's fault; if no failing partition recovers for
  * PRODUCER_STALL_TIMEOUT_SEC after such a timeout, with the broker well at every look, the
  * producer is replaced. A broker that does not answer, or names no leader for some partition,
@@ -36,7 +36,10 @@ export class DeliveryHealth {
     return this.recovered;
   }
 
-  /** The receive time of the newest event that timed out; -Infinity when none did. */
+  /**
+   * When, at the latest, the newest event that timed out was handed over (its report's time less
+   * ACK_TIMEOUT_SEC); -Infinity when none did.
+   */
   get latestTimedOutAt(): number {
     return this.newestTimedOut;
   }
@@ -45,9 +48,9 @@ export class DeliveryHealth {
     if (this.failing.size > 0 && this.failing.delete(partition)) this.recovered++;
   }
 
-  timedOut(partition: number, receivedAtMs: number): void {
+  timedOut(partition: number, sentByMs: number): void {
     this.failing.add(partition);
-    this.newestTimedOut = Math.max(this.newestTimedOut, receivedAtMs);
+    this.newestTimedOut = Math.max(this.newestTimedOut, sentByMs);
   }
 
   /** A new native producer: nothing it delivered yet has failed. */
@@ -72,8 +75,14 @@ export interface WatchedProducer {
 export const PRODUCER_REPLACED_LINE =
   'events handed to the producer while the broker led every partition timed out, and no failing partition recovered; replacing the producer';
 
+/** Failing partitions not mended this long after twice the stall timeout are reported this often. */
+const REPORT_EVERY_MS = 30_000;
+
 export class ProducerWatchdog {
   private timer: NodeJS.Timeout | undefined;
+  /** Since when some partition has been failing; undefined while none is. */
+  private failingSince: number | undefined;
+  private reportedAt = Number.NEGATIVE_INFINITY;
   private stopping = false;
   private readonly stall: StallDetector;
   private readonly everyMs: number;
@@ -115,18 +124,25 @@ export class ProducerWatchdog {
     const { health } = this.producer;
     const startedAt = Date.now();
     let waiting: boolean | undefined = false;
+    let leaders: boolean | undefined;
     if (health.failingPartitions === 0) {
       // Every partition delivers: the broker is taken as well (no request needed).
       this.wellSince ??= startedAt;
-    } else if ((await this.producer.leadersKnown()) === true) {
-      this.wellSince ??= startedAt;
-      // An event handed over while the broker was well, and given up all the same.
-      waiting = health.latestTimedOutAt >= this.wellSince;
+      this.failingSince = undefined;
     } else {
-      this.wellSince = undefined;
-      waiting = undefined;
+      this.failingSince ??= startedAt;
+      leaders = await this.producer.leadersKnown();
+      if (leaders === true) {
+        this.wellSince ??= startedAt;
+        // An event handed over while the broker was well, and given up all the same.
+        waiting = health.latestTimedOutAt >= this.wellSince;
+      } else {
+        this.wellSince = undefined;
+        waiting = undefined;
+      }
     }
     if (this.stopping) return;
+    this.report(leaders);
     const stalled = this.stall.observe({
       nowMs: Date.now(),
       progress: health.recoveries,
@@ -149,5 +165,36 @@ export class ProducerWatchdog {
     // Only what the new producer is handed from now on can tell against it.
     this.wellSince = Date.now();
     this.logger.info('producer replaced: new events go to the new one');
+  }
+
+  /**
+   * Says (every 30 s) that partitions have been failing for more than twice the stall timeout
+   * without a replacement, with what the watchdog saw: evidence for a stop it does not, or
+   * should not, act on (the broker not well, no event sent while it was, recoveries).
+   */
+  private report(leaders: boolean | undefined): void {
+    const nowMs = Date.now();
+    if (
+      this.failingSince === undefined ||
+      nowMs - this.failingSince < this.stall.currentTimeoutMs * 2 ||
+      nowMs - this.reportedAt < REPORT_EVERY_MS
+    ) {
+      return;
+    }
+    this.reportedAt = nowMs;
+    const { health } = this.producer;
+    this.logger.warn(
+      {
+        failingPartitions: health.failingPartitions,
+        failingForMs: nowMs - this.failingSince,
+        leadersKnown: leaders ?? 'no answer',
+        brokerWellForMs: this.wellSince === undefined ? null : nowMs - this.wellSince,
+        newestTimedOutSentMsAgo: nowMs - health.latestTimedOutAt,
+        recoveries: health.recoveries,
+        retiring: this.producer.retiring,
+        timeoutMs: this.stall.currentTimeoutMs,
+      },
+      'partitions of the producer keep failing and it was not replaced',
+    );
   }
 }

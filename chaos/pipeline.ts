@@ -57,8 +57,8 @@ export class ChaosPipeline {
   /** Kafka producers ingest's watchdog replaced (its log lines, counted). */
   producerReplacements = 0;
   /**
-   * Partitions ingest's producer was told have no leader, and kept so (librdkafka #5430: what
-   * its watchdog mends), counted from librdkafka's warning.
+   * Partitions ingest's producer was told have no leader (librdkafka's warning, counted): the
+   * trigger of librdkafka #5430, which may or may not leave them leaderless for good.
    */
   leaderlessUpdates = 0;
   /** Problems seen while the run was going (not only at the end). */

@@ -65,9 +65,11 @@ export class EventProducer {
   private ready = false;
   /** A replaced producer delivering or timing out what it still holds, then disconnecting. */
   private retirement: Promise<void> | undefined;
-  /** The watchdog's admin client (`leadersKnown`), made at its first question. */
-  private admin: Admin | undefined;
-  private adminConnected = false;
+  /**
+   * The watchdog's admin client (`leadersKnown`), connecting or connected, made at its first
+   * question; undefined again if connecting failed (an admin client connects only once).
+   */
+  private admin: Promise<Admin> | undefined;
   /** Assigned ids: unique to this process (random prefix), then a counter. */
   private readonly eventIdPrefix = `${randomBytes(9).toString('base64url')}.`;
   private eventIdSequence = 0;
@@ -167,19 +169,10 @@ export class EventProducer {
    */
   async leadersKnown(): Promise<boolean | undefined> {
     try {
-      this.admin ??= this.kafka.admin();
-      const admin = this.admin;
       const [topic] = await withDeadline(
-        (async () => {
-          if (!this.adminConnected) {
-            await admin.connect();
-            this.adminConnected = true;
-          }
-          return admin.fetchTopicMetadata({
-            topics: [this.options.topic],
-            timeout: METADATA_TIMEOUT_MS,
-          });
-        })(),
+        this.connectedAdmin().then((admin) =>
+          admin.fetchTopicMetadata({ topics: [this.options.topic], timeout: METADATA_TIMEOUT_MS }),
+        ),
         METADATA_DEADLINE_MS,
         'the topic metadata',
       );
@@ -189,6 +182,25 @@ export class EventProducer {
       this.logger.debug({ err }, 'topic metadata unavailable');
       return undefined;
     }
+  }
+
+  /**
+   * The admin client, connected once. A connection that outlives a question's deadline (the
+   * broker frozen) is kept for the next one rather than connected again, which the client refuses.
+   */
+  private connectedAdmin(): Promise<Admin> {
+    this.admin ??= (async () => {
+      const admin = this.kafka.admin();
+      try {
+        await admin.connect();
+        return admin;
+      } catch (err) {
+        this.admin = undefined;
+        await admin.disconnect().catch(() => {});
+        throw err;
+      }
+    })();
+    return this.admin;
   }
 
   /**
@@ -300,7 +312,13 @@ export class EventProducer {
   /** Flushes what is queued (bounded by `timeoutMs`) and disconnects. */
   async close(timeoutMs: number): Promise<void> {
     this.ready = false;
-    if (this.adminConnected) await this.admin?.disconnect().catch(() => {});
+    if (this.admin !== undefined) {
+      await withDeadline(
+        this.admin.then((admin) => admin.disconnect()),
+        2_000,
+        'disconnecting the admin client',
+      ).catch(() => {});
+    }
     await this.retirement;
     if (!this.producer.isConnected()) return;
     await new Promise<void>((resolve) => {

@@ -10,10 +10,10 @@
  * So it reads the delivery reports per partition (`DeliveryHealth`): a partition *fails* while
  * its latest report is a timeout. Every second, while some partition fails, it asks the broker
  * (through an admin client of its own: the producer's view is what may be wrong) whether every
- * partition has a leader, and so knows since when the broker has been well. An event handed over while the broker was
- * well that timed out anyway is the producer's fault; if no failing partition recovers for
- * PRODUCER_STALL_TIMEOUT_SEC after such a timeout, with the broker well at every look, the
- * producer is replaced. A broker that does not answer, or names no leader for some partition,
+ * partition has a leader, and so knows since when the broker has been well. An event handed over
+ * while the broker was well that timed out anyway is the producer's fault; if no failing
+ * partition recovers for PRODUCER_STALL_TIMEOUT_SEC after such a timeout, with the broker well
+ * at every look, the producer is replaced. A broker that does not answer, or names no leader for some partition,
  * is not well: the wait starts over.
  */
 import type { Logger } from '../shared/logger.js';

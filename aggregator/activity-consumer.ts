@@ -29,6 +29,14 @@ const REPLACE_DISCONNECT_DEADLINE_MS = 15_000;
  * over, and the one that needs replacing is usually the one whose coordinator never answers.
  */
 const REPLACE_EMPTY_HANDED_DEADLINE_MS = 3_000;
+/**
+ * How many replaced consumers that hold no partitions may be left behind at once, still trying
+ * to leave; one more ends the process. Each keeps a few librdkafka threads and a connection. A
+ * chaos run saw one still trying 6 minutes on, through broker freezes 30 s apart, when the next
+ * replacement was due: with one allowed, the aggregator exited and, with no supervisor to
+ * restart it, counted nothing more.
+ */
+const MAX_LEFT_BEHIND = 4;
 
 export interface ActivityConsumerOptions {
   topic: string;
@@ -79,8 +87,8 @@ export class ActivityConsumer implements WatchedConsumer {
   private rebalancing = 0;
   /** The replacement of a stopped consumer, while it runs. */
   private replacing: Promise<void> | undefined;
-  /** A replaced consumer that did not manage to leave the group, while it keeps trying. */
-  private leftBehind: Consumer | undefined;
+  /** Replaced consumers that did not manage to leave the group, while they keep trying. */
+  private readonly leftBehind = new Set<Consumer>();
   private writesOk = true;
   private pausedFor = new Set<'database' | 'memory'>();
   private readonly batchesInHand = new Set<Promise<void>>();
@@ -302,7 +310,7 @@ export class ActivityConsumer implements WatchedConsumer {
    * An old consumer that cannot leave in time: if it holds partitions, the process ends, for its
    * supervisor to restart (the group would keep them waiting on it). If it holds none, it is
    * left behind to keep trying on its own: nothing waits on it, and its rebalances are ignored.
-   * One left behind at a time; a second ends the process.
+   * Up to `MAX_LEFT_BEHIND` are left behind at a time; one more ends the process.
    */
   private async replaceConsumer(): Promise<void> {
     const old = this.consumer;
@@ -319,17 +327,27 @@ export class ActivityConsumer implements WatchedConsumer {
         'leaving the group',
       );
     } catch (err) {
-      if (held.length > 0 || this.leftBehind !== undefined) {
-        this.logger.fatal({ err, held }, 'the replaced consumer cannot leave the group; exiting');
+      const leftBehind = this.leftBehind.size;
+      if (held.length > 0 || leftBehind >= MAX_LEFT_BEHIND) {
+        this.logger.fatal(
+          { err, held, leftBehind },
+          'the replaced consumer cannot leave the group; exiting',
+        );
         process.exit(1);
       }
-      this.logger.warn({ err }, 'the replaced consumer has not left the group; leaving it behind');
-      this.leftBehind = old;
+      this.leftBehind.add(old);
+      this.logger.warn(
+        { err, leftBehind: leftBehind + 1 },
+        'the replaced consumer has not left the group; leaving it behind',
+      );
       leaving
         .catch(() => {})
         .finally(() => {
-          this.logger.info('the consumer left behind has disconnected');
-          if (this.leftBehind === old) this.leftBehind = undefined;
+          this.leftBehind.delete(old);
+          this.logger.info(
+            { leftBehind: this.leftBehind.size },
+            'a consumer left behind has disconnected',
+          );
         });
     }
     this.forget(held);

@@ -8,7 +8,8 @@
  * - outside the group: the client is disconnected behind its back, so the aggregator holds no
  *   partitions while records wait and nobody writes them;
  * - outside the group and unable to leave, twice: each replaced client is left behind, and the
- *   aggregator goes on with the next (a chaos run saw it exit at the second).
+ *   aggregator goes on with the next (a chaos run saw it exit at the second), which holds the
+ *   partitions without waiting for the old one's 3 s to leave.
  */
 import assert from 'node:assert/strict';
 import { type TestContext, test } from 'node:test';
@@ -44,19 +45,25 @@ async function metric(port: number, name: string): Promise<number> {
   return value as number;
 }
 
+/** How a test stops the client, and what it expects of the replacement. */
+interface StopCase {
+  reason: 'stalled' | 'unread';
+  /** From the stop to the replacement. */
+  withinMs: number;
+  stop: (client: Client, topic: string) => Promise<void>;
+  /** How many times in a row. */
+  stops?: number;
+  /** From the replacement to the new consumer holding every partition, when checked. */
+  heldAgainWithinMs?: number;
+}
+
 /**
  * Runs ingest and one aggregator, sends 2,000 events and waits until the view holds them. Then,
  * `stops` times: `stop`s the client, sends 2,000 more, checks that the consumer is replaced for
  * `reason` within `withinMs`, and that the view is equal to the oracle.
  */
-async function replacedAfterStop(
-  t: TestContext,
-  name: string,
-  reason: 'stalled' | 'unread',
-  withinMs: number,
-  stop: (client: Client, topic: string) => Promise<void>,
-  stops = 1,
-): Promise<void> {
+async function replacedAfterStop(t: TestContext, name: string, stopCase: StopCase): Promise<void> {
+  const { reason, withinMs, stop, stops = 1, heldAgainWithinMs } = stopCase;
   const seed = testSeed();
   t.diagnostic(`seed ${seed}`);
   const random = new SeededRandom(seed);
@@ -116,6 +123,21 @@ async function replacedAfterStop(
       { timeoutMs: withinMs, what: `replacement ${round} of the consumer (${reason})` },
     );
     t.diagnostic(`replacement ${round}: ${replacedAfterMs} ms after the client stopped`);
+    const replacedAt = Date.now();
+    const heldAfterMs = await waitFor(
+      async () =>
+        (await metric(aggregator.port, 'aggregator_assigned_partitions')) === 3
+          ? Date.now() - replacedAt
+          : undefined,
+      { timeoutMs: 30_000, intervalMs: 50, what: `the partitions held after replacement ${round}` },
+    );
+    t.diagnostic(`every partition held ${heldAfterMs} ms after replacement ${round}`);
+    if (heldAgainWithinMs !== undefined) {
+      assert.ok(
+        heldAfterMs < heldAgainWithinMs,
+        `the new consumer held the partitions ${heldAfterMs} ms after the replacement: it waited for the old one`,
+      );
+    }
     const tookMs = await waitForOracle(resources.db, resources.schema, oracle, 30_000);
     t.diagnostic(`view equal to the oracle ${tookMs} ms after the last answer`);
   }
@@ -130,31 +152,39 @@ async function replacedAfterStop(
 
 test('a consumer that delivers nothing while records wait is replaced; counts stay exact', (t) =>
   // The stall timeout from when records start waiting, plus a look or two.
-  replacedAfterStop(t, 'stallwatch', 'stalled', 30_000, async (client, topic) => {
-    // The stop: the client itself paused, which the aggregator did not ask for.
-    client.pause([{ topic }]);
+  replacedAfterStop(t, 'stallwatch', {
+    reason: 'stalled',
+    withinMs: 30_000,
+    stop: async (client, topic) => {
+      // The stop: the client itself paused, which the aggregator did not ask for.
+      client.pause([{ topic }]);
+    },
   }));
 
 test('a consumer outside the group, holding nothing while records go unread, is replaced', (t) =>
   // The session timeout plus the stall timeout, plus looks and a rejoin.
-  replacedAfterStop(t, 'unreadwatch', 'unread', 40_000, async (client) => {
-    // The stop: the client leaves the group (its partitions are revoked and flushed, as on any
-    // rebalance) and never comes back, which the aggregator did not ask for.
-    await client.disconnect();
+  replacedAfterStop(t, 'unreadwatch', {
+    reason: 'unread',
+    withinMs: 40_000,
+    stop: async (client) => {
+      // The stop: the client leaves the group (its partitions are revoked and flushed, as on
+      // any rebalance) and never comes back, which the aggregator did not ask for.
+      await client.disconnect();
+    },
   }));
 
 test('replaced consumers that cannot leave the group are left behind, and the aggregator goes on', (t) =>
   // Twice: a chaos run saw the first one left behind still trying when the second was due.
-  replacedAfterStop(
-    t,
-    'leftbehind',
-    'unread',
-    40_000,
-    async (client) => {
+  replacedAfterStop(t, 'leftbehind', {
+    reason: 'unread',
+    withinMs: 40_000,
+    stop: async (client) => {
       await client.disconnect();
       // From now on it cannot leave, as a client whose coordinator never answers: the
       // replacement leaves it behind instead of waiting (or, past the limit, ending the process).
       client.disconnect = () => new Promise<void>(() => {});
     },
-    2,
-  ));
+    stops: 2,
+    // Under the 3 s the old one is given to leave: the new one does not wait for it.
+    heldAgainWithinMs: 3_000,
+  }));

@@ -96,13 +96,21 @@ export class ChaosStack implements StackAddresses {
     await this.cluster?.kill();
   }
 
-  /** Stops both, whatever state they are in. */
-  async stop(): Promise<void> {
+  /**
+   * Resumes a frozen broker: a stopped process keeps any signal that would end it (SIGTERM when
+   * the run exits at once on a second Ctrl-C) pending until then.
+   */
+  thaw(): void {
     try {
       this.freezeBroker(false);
     } catch {
       // Already gone.
     }
+  }
+
+  /** Stops both, whatever state they are in. */
+  async stop(): Promise<void> {
+    this.thaw();
     await Promise.allSettled([this.broker?.kill(), this.cluster?.stop()]);
   }
 

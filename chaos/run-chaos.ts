@@ -70,7 +70,11 @@ async function main(): Promise<number> {
   const stack = await ChaosStack.start(`chaos-${process.pid}`);
   let stopping = false;
   const onSignal = (): void => {
-    if (stopping) process.exit(130);
+    if (stopping) {
+      // The broker gets SIGTERM as this process exits, which a frozen one would never act on.
+      stack.thaw();
+      process.exit(130);
+    }
     stopping = true;
     say('[chaos] interrupted: stopping after this scenario (again to quit now)');
   };

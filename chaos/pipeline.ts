@@ -184,7 +184,8 @@ export class ChaosPipeline {
   }
 
   /**
-   * Waits until ingest acknowledges again and the view holds every event acknowledged before
+   * Waits until ingest acknowledges an event sent after `clearedAt` (an answer to a request held
+   * through the fault is not enough) and the view holds every event acknowledged before
    * `clearedAt` and every one acknowledged more than LAG_TARGET_MS ago (the lag is back under
    * 5 s, past the fault); returns how long after `clearedAt` that was, or undefined after
    * `timeoutMs`.
@@ -197,7 +198,7 @@ export class ChaosPipeline {
       if (view !== undefined) {
         const counted = view.reduce((sum, row) => sum + row.event_count, 0);
         if (
-          this.ledger.lastAcknowledgedAt >= clearedAt &&
+          this.ledger.newestAcknowledgedSentAt >= clearedAt &&
           counted >= this.ledger.acknowledgedBefore(Math.max(clearedAt, probedAt - LAG_TARGET_MS))
         ) {
           return Math.max(0, probedAt - clearedAt);

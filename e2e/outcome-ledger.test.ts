@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
+import { sleep } from '../shared/lifecycle.js';
 import type { WindowTotals } from './activity-oracle.js';
 import { OutcomeLedger } from './outcome-ledger.js';
 
@@ -71,5 +72,23 @@ describe('OutcomeLedger', () => {
     assert.equal(l.totals.rejected, 0);
     assert.equal(l.acknowledgedBefore(Date.now()), 1);
     assert.equal(l.acknowledgedBefore(0), 0);
+  });
+
+  test('recovery looks at when an acknowledged event was sent, not when it was answered', async () => {
+    const l = new OutcomeLedger(WINDOW_MS);
+    assert.equal(l.newestAcknowledgedSentAt, 0);
+    // A request held through a freeze, answered after the fault cleared: no recovery yet.
+    const held = l.sent({ user_id: 'u1', activity_type: 'click', timestamp: START });
+    await sleep(5);
+    const clearedAt = Date.now();
+    held('acknowledged');
+    assert.ok(l.newestAcknowledgedSentAt < clearedAt);
+    // Sent after it cleared but not acknowledged (the producer stuck): still none.
+    l.sent({ user_id: 'u2', activity_type: 'click', timestamp: START })('unknown');
+    assert.ok(l.newestAcknowledgedSentAt < clearedAt);
+    // Sent after it cleared and acknowledged: recovered.
+    l.sent({ user_id: 'u3', activity_type: 'click', timestamp: START })('acknowledged');
+    assert.ok(l.newestAcknowledgedSentAt >= clearedAt);
+    assert.equal(l.totals.acknowledged, 2);
   });
 });

@@ -45,6 +45,8 @@ export class OutcomeLedger {
   private readonly windows = new Map<number, WindowLedger>();
   /** Acknowledgement times, in order, for the lag probe. */
   private readonly ackTimes: number[] = [];
+  /** When the newest acknowledged event was sent (not answered); 0 before the first. */
+  private newestAckSentAt = 0;
   readonly totals = { sent: 0, acknowledged: 0, rejected: 0, unknown: 0, pending: 0 };
 
   constructor(readonly windowMs: number) {}
@@ -58,6 +60,7 @@ export class OutcomeLedger {
     const window = this.window(windowStartOf(ms, this.windowMs));
     const user = String(event.user_id);
     const pageView = event.activity_type === PAGE_VIEW ? 1 : 0;
+    const sentAt = Date.now();
     window.pendingEvents++;
     window.pendingPageViews += pageView;
     window.openUsers.set(user, (window.openUsers.get(user) ?? 0) + 1);
@@ -84,13 +87,18 @@ export class OutcomeLedger {
         window.ackPageViews += pageView;
         window.ackUsers.add(user);
         this.ackTimes.push(Date.now());
+        this.newestAckSentAt = Math.max(this.newestAckSentAt, sentAt);
       }
     };
   }
 
-  /** When the latest acknowledgement arrived; 0 before the first. */
-  get lastAcknowledgedAt(): number {
-    return this.ackTimes[this.ackTimes.length - 1] ?? 0;
+  /**
+   * When the newest acknowledged event was sent; 0 before the first. Not when an answer last
+   * came: a request held through a broker freeze can be acknowledged as the broker resumes while
+   * every request sent after it fails (a stuck producer), and that is no recovery.
+   */
+  get newestAcknowledgedSentAt(): number {
+    return this.newestAckSentAt;
   }
 
   /** Events acknowledged at or before `ms`. */

@@ -102,7 +102,7 @@ export class ConfigReader {
     if (this.problems.length === 0) return;
     throw new PipelineError(
       'config_invalid',
-      `invalid configuration:\n  - ${this.problems.join('\n  - ')}\nFix the environment variables above (see README.md, Configuration) and start again.`,
+      `invalid configuration:\n  - ${this.problems.join('\n  - ')}\nFix the environment variables above (see docs/CONFIGURATION.md) and start again.`,
     );
   }
 

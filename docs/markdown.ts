@@ -120,10 +120,18 @@ export function codeSpans(text: string): string[] {
   return [...text.matchAll(/`([^`]+)`/g)].map((match) => match[1] ?? '');
 }
 
-/** Inline links and images (`[text](target)`) outside code, with their line index. */
+/**
+ * Inline links and images (`[text](target)`) and link reference definitions (`[label]: target`)
+ * outside code, with their line index.
+ */
 export function links(markdown: string): Link[] {
   const found: Link[] = [];
   proseLines(markdown).forEach((line, index) => {
+    const definition = /^\s{0,3}\[[^\]]+\]:\s*<?([^\s>]+)>?/.exec(line);
+    if (definition !== null) {
+      found.push({ target: definition[1] ?? '', line: index });
+      return;
+    }
     const prose = line.replace(/`[^`]*`/g, '');
     for (const match of prose.matchAll(/!?\[[^\]]*\]\(\s*<?([^)\s>]*)>?(?:\s+"[^"]*")?\s*\)/g)) {
       found.push({ target: match[1] ?? '', line: index });

@@ -19,6 +19,7 @@ const source = (path: string): string => readFileSync(join(REPO_ROOT, path), 'ut
 
 interface Rule {
   alert?: string;
+  labels?: Record<string, string>;
   annotations?: Record<string, string>;
 }
 const rules = (
@@ -74,6 +75,18 @@ describe('docs/OPERATIONS.md', () => {
     const alerts = new Set(rules.map((rule) => rule.alert));
     const orphans = alertSections().filter((title) => !alerts.has(title));
     assert.deepEqual(orphans, []);
+  });
+
+  test('the alerts table lists every alert with its severity, and no other', () => {
+    const body = section(doc, 'Alerts') ?? '';
+    const overview = body.split(/^### /m)[0] ?? '';
+    const listed = tableRows(overview)
+      .slice(1)
+      .map(
+        ([alert = '', severity = '']) => `${alert.replace(/^\[([^\]]+)\].*$/, '$1')} ${severity}`,
+      );
+    const expected = rules.map((rule) => `${rule.alert} ${rule.labels?.severity}`);
+    assert.deepEqual(listed.sort(), expected.sort());
   });
 
   test('the metrics table lists every metric the services register, and no other', () => {

@@ -6,8 +6,8 @@ import type { Aggregation } from './aggregation.js';
 import { ConsumerWatchdog, type Excuses, type WatchedConsumer } from './consumer-watchdog.js';
 import type { Database } from './database.js';
 import type { AggregatorMetrics } from './metrics.js';
-import type { Position } from './partition-backlog.js';
-import { loadCheckpoint } from './partition-recovery.js';
+import type { PartitionEnd, Position } from './partition-backlog.js';
+import { claimPartition } from './partition-recovery.js';
 
 const { ErrorCodes, PartitionAssigners } = kafkaJavascript.KafkaJS;
 type Consumer = ReturnType<Kafka['consumer']>;
@@ -49,8 +49,13 @@ export interface ActivityConsumerOptions {
   batchSize: number;
   /** Batches of different partitions aggregated at once (one per worker). */
   concurrency: number;
-  /** Consumption pauses while open windows hold more user ids and event ids than this. */
+  /**
+   * Above this many user ids and event ids held, the oldest windows are written with their
+   * membership and leave memory (consumption never pauses for memory).
+   */
   maxHeldUserIds: number;
+  /** A stored position no longer in the topic: stop the partition, or resume at its earliest. */
+  offsetReset: 'stop' | 'earliest';
   /**
    * The consumer is replaced when it delivers nothing for this long while records wait and
    * nothing excuses it (see `ConsumerWatchdog`).
@@ -91,7 +96,9 @@ export class ActivityConsumer implements WatchedConsumer {
   /** Replaced consumers that did not manage to leave the group, while they keep trying. */
   private readonly leftBehind = new Set<Consumer>();
   private writesOk = true;
-  private pausedFor = new Set<'database' | 'memory'>();
+  private pausedFor = new Set<'database'>();
+  /** Partitions whose position is no longer in the topic (OFFSET_RESET=stop): they wait. */
+  private readonly stoppedPartitions = new Set<number>();
   private readonly batchesInHand = new Set<Promise<void>>();
   /** The timer's flush while it runs: a tick during a slow flush is skipped, not queued. */
   private timedFlush: Promise<void> | undefined;
@@ -108,6 +115,11 @@ export class ActivityConsumer implements WatchedConsumer {
     private readonly logger: Logger,
   ) {
     this.consumer = this.createConsumer();
+    aggregation.onLost = (partition) =>
+      this.logger.warn(
+        { partition },
+        'another instance claimed this partition: its unwritten state is dropped (the new owner replays it)',
+      );
     this.watchdog = new ConsumerWatchdog(
       this,
       kafka.admin(),
@@ -137,6 +149,10 @@ export class ActivityConsumer implements WatchedConsumer {
       },
       // The default of 32 is too small to be worth a worker round trip.
       'js.consumer.max.batch.size': 2000,
+      // A position no longer in the topic (retention passed it, the topic was recreated) must
+      // not be skipped silently: librdkafka's default jumps to the end. 'error' stops fetching
+      // that partition; the watchdog's look finds it and says so (see noteEnds).
+      'auto.offset.reset': this.options.offsetReset === 'earliest' ? 'earliest' : 'error',
       // librdkafka's prefetch, at most (default 64 MiB): 16 MiB is tens of thousands of events,
       // seconds of work at the aggregator's rate, and 48 MiB less resident memory when catching up.
       'queued.max.messages.kbytes': 16_384,
@@ -191,6 +207,7 @@ export class ActivityConsumer implements WatchedConsumer {
       eachBatch: async ({ batch }) => {
         if (this.stopping || generation !== this.generation) return;
         this.deliveries++;
+        this.noteSkipped(batch);
         const last = batch.messages.at(-1);
         if (last !== undefined) this.positions.set(batch.partition, Number(last.offset) + 1);
         const work = this.applyBatch(batch);
@@ -220,8 +237,12 @@ export class ActivityConsumer implements WatchedConsumer {
       this.metrics.partitionLag.set({ partition: String(batch.partition) }, lag);
       this.aggregation.noteBacklog(batch.partition, lag);
     }
-    if (this.aggregation.heldIds > this.options.maxHeldUserIds) this.pause('memory');
-    if (this.aggregation.pendingRecords >= this.options.batchSize) {
+    if (this.aggregation.heldIds > this.options.maxHeldUserIds) {
+      // Write the oldest windows with their membership and let them go. The flush is awaited:
+      // this partition's next batch waits for the memory, and nothing stops.
+      this.aggregation.closeOldest(this.options.maxHeldUserIds);
+      await this.flush().catch(() => {});
+    } else if (this.aggregation.pendingRecords >= this.options.batchSize) {
       await this.flush().catch(() => {});
     }
   }
@@ -255,7 +276,6 @@ export class ActivityConsumer implements WatchedConsumer {
     if (!this.writesOk) this.logger.info('flush succeeded again; resuming consumption');
     this.writesOk = true;
     this.resume('database');
-    if (this.aggregation.heldIds <= this.options.maxHeldUserIds * 0.9) this.resume('memory');
     if (reflected.size > 0) this.commitForMonitoring(reflected);
   }
 
@@ -281,6 +301,73 @@ export class ActivityConsumer implements WatchedConsumer {
       .finally(() => {
         this.commit = undefined;
       });
+  }
+
+  /**
+   * The broker's ends, from the watchdog's look: they tell the aggregation which partitions are
+   * caught up (the clock may close their windows), and they find positions that are no longer in
+   * the topic. With OFFSET_RESET=stop such a partition stays stopped — librdkafka, told 'error',
+   * fetches nothing for it — and says so loudly until an operator decides (docs: OPERATIONS,
+   * "stored position missing"). With OFFSET_RESET=earliest librdkafka moves on to the earliest
+   * offset and `noteSkipped` counts the gap.
+   */
+  noteEnds(ends: ReadonlyMap<number, PartitionEnd>, observedAtMs: number): ReadonlySet<number> {
+    const highs = new Map<number, number>();
+    for (const [partition, end] of ends) highs.set(partition, end.high);
+    this.aggregation.noteEnds(highs, observedAtMs);
+    for (const [partition, position] of this.positions) {
+      const end = ends.get(partition);
+      if (end === undefined || position === 'beginning') continue;
+      const missing = position < end.low || position > end.high;
+      if (!missing || this.options.offsetReset === 'earliest') {
+        if (this.stoppedPartitions.delete(partition)) {
+          this.metrics.offsetsMissing.set({ partition: String(partition) }, 0);
+        }
+        continue;
+      }
+      if (!this.stoppedPartitions.has(partition)) {
+        this.stoppedPartitions.add(partition);
+        this.metrics.offsetsMissing.set({ partition: String(partition) }, 1);
+        this.logger.error(
+          {
+            partition,
+            position,
+            earliest: end.low,
+            end: end.high,
+            cause:
+              position < end.low
+                ? 'retention removed records that were never counted'
+                : 'the stored position lies past the end: the topic was recreated?',
+          },
+          'stored position is no longer in the topic; partition stopped (see OFFSET_RESET)',
+        );
+      }
+    }
+    for (const partition of this.stoppedPartitions) {
+      if (!this.positions.has(partition)) {
+        this.stoppedPartitions.delete(partition);
+        this.metrics.offsetsMissing.remove({ partition: String(partition) });
+      }
+    }
+    return this.stoppedPartitions;
+  }
+
+  /**
+   * A batch that starts past the partition's position skipped records: librdkafka moved on to
+   * the earliest offset (OFFSET_RESET=earliest) because retention had removed them.
+   */
+  private noteSkipped(batch: KafkaJS.Batch): void {
+    const position = this.positions.get(batch.partition);
+    const first = batch.messages[0];
+    if (first === undefined || position === undefined || position === 'beginning') return;
+    const skipped = Number(first.offset) - position;
+    // One offset can be a transaction's commit marker; more is a gap.
+    if (skipped <= 1) return;
+    this.metrics.offsetsSkipped.inc({ partition: String(batch.partition) }, skipped);
+    this.logger.error(
+      { partition: batch.partition, position, resumedAt: Number(first.offset), skipped },
+      'records were skipped: the stored position was no longer in the topic',
+    );
   }
 
   /** What excuses the consumer's silence now (see `ConsumerWatchdog`). */
@@ -399,7 +486,7 @@ export class ActivityConsumer implements WatchedConsumer {
     }
   }
 
-  private pause(reason: 'database' | 'memory'): void {
+  private pause(reason: 'database'): void {
     if (this.pausedFor.has(reason)) return;
     this.pausedFor.add(reason);
     this.logger.warn({ reason }, 'consumption paused');
@@ -407,7 +494,7 @@ export class ActivityConsumer implements WatchedConsumer {
     this.metrics.consumptionPaused.set(1);
   }
 
-  private resume(reason: 'database' | 'memory'): void {
+  private resume(reason: 'database'): void {
     if (!this.pausedFor.delete(reason) || this.pausedFor.size > 0 || this.stopping) return;
     this.logger.info('consumption resumed');
     this.aggregation.restartIdleClocks(Date.now());
@@ -461,7 +548,8 @@ export class ActivityConsumer implements WatchedConsumer {
   }
 
   /**
-   * A partition without its checkpoint cannot be consumed exactly. A read cut mid-query (the
+   * Claims the partition (its next ownership epoch) and reads its checkpoint. A partition without
+   * its checkpoint cannot be consumed exactly. A read cut mid-query (the
    * server crashed or restarted) is tried again, after the connection's own connect retries;
    * after the last attempt, give up the process (a supervisor restarts it) rather than guess a
    * position.
@@ -470,7 +558,7 @@ export class ActivityConsumer implements WatchedConsumer {
     for (let attempt = 1; ; attempt++) {
       try {
         return await this.db.use((client) =>
-          loadCheckpoint(client, partition, this.options.windowSeconds),
+          claimPartition(client, partition, this.options.windowSeconds),
         );
       } catch (err) {
         if (attempt >= CHECKPOINT_READ_ATTEMPTS) {

@@ -1,10 +1,10 @@
 import { packRecords } from './batch-aggregator.js';
-import { type PauseBeforeCommit, writeWindowRows } from './copy-writer.js';
+import { type FlushOutcome, type PauseBeforeCommit, writeFlush } from './copy-writer.js';
 import type { Database } from './database.js';
 import type { DeadLetter, DeadLetterProducer } from './dead-letter.js';
 import type { AggregatorMetrics } from './metrics.js';
 import type { PartitionCheckpoint } from './partition-recovery.js';
-import { PartitionWindows, type WindowRow } from './window-state.js';
+import { type PartitionFlush, PartitionWindows } from './window-state.js';
 import type { WorkerPool } from './worker-pool.js';
 
 /** One consumed record, as the aggregation needs it. */
@@ -19,8 +19,15 @@ export interface ConsumedRecord {
 export interface AggregationOptions {
   windowMs: number;
   allowedLatenessMs: number;
+  /** Events older than this at their receive time are invalid (ingest refuses them too). */
+  maxAgeMs: number;
   /** A partition without records for this long lets wall-clock time finalize its windows. */
   idleAfterMs: number;
+  /**
+   * ...provided the broker's end offsets, read no longer ago than this, show nothing unread
+   * (the consumer watchdog reads them every few seconds).
+   */
+  endOffsetsFreshMs: number;
   /** Fault injection only: hold every flush between the upsert and COMMIT. */
   pauseBeforeCommit?: PauseBeforeCommit;
 }
@@ -28,15 +35,17 @@ export interface AggregationOptions {
 /**
  * The aggregation of every assigned partition, and its flushes to PostgreSQL.
  *
- * A batch goes: pack → worker (parse, validate, window, lateness) → dead-letter what cannot be
- * counted (acknowledged before anything else) → merge into the partition's windows. Flushes
- * never overlap: a flush requested while one runs waits for it and then writes whatever changed
- * in the meantime.
+ * A batch goes: pack → worker (parse, validate, window) → dead-letter what cannot be counted
+ * (acknowledged before anything else) → merge into the partition's windows, or set aside for
+ * closed windows. Flushes never overlap: a flush requested while one runs waits for it and then
+ * writes whatever changed in the meantime.
  */
 export class Aggregation {
   private readonly partitions = new Map<number, PartitionWindows>();
   private recordsSinceFlush = 0;
   private flushing: Promise<unknown> = Promise.resolve();
+  /** Told when a flush finds a partition claimed by another instance (its state is dropped). */
+  onLost: ((partition: number) => void) | undefined;
   /** Receive time of the newest record applied, per partition: for the freshness metric. */
   private readonly newestReceiveMs = new Map<number, number>();
 
@@ -68,6 +77,7 @@ export class Aggregation {
         partition,
         this.options.windowMs,
         this.options.allowedLatenessMs,
+        this.options.maxAgeMs,
         checkpoint,
       ),
     );
@@ -129,7 +139,9 @@ export class Aggregation {
     // The partition may have been revoked while the worker ran: its state is gone, drop the batch.
     if (this.partitions.get(partition) !== windows) return;
     const last = records[records.length - 1] as ConsumedRecord;
-    const duplicates = result.duplicates + windows.merge(result, last.offset);
+    const merged = windows.merge(result, last.offset);
+    const duplicates = result.duplicates + merged.duplicates;
+    this.metrics.closedWindowRecords.inc(merged.closed);
     this.newestReceiveMs.set(partition, last.timestampMs);
     this.recordsSinceFlush += records.length;
     this.metrics.recordsConsumed.inc(records.length);
@@ -141,8 +153,40 @@ export class Aggregation {
   /** Lets wall-clock time finalize the windows of partitions that stopped receiving records. */
   finalizeIdle(nowMs: number): void {
     for (const windows of this.partitions.values()) {
-      windows.finalizeIdle(nowMs, this.options.idleAfterMs);
+      windows.finalizeIdle(nowMs, this.options.idleAfterMs, this.options.endOffsetsFreshMs);
     }
+  }
+
+  /** The partitions' end offsets (high), read from the broker at `observedAtMs`. */
+  noteEnds(highs: ReadonlyMap<number, number>, observedAtMs: number): void {
+    for (const [partition, high] of highs) {
+      this.partitions.get(partition)?.noteEnd(high, observedAtMs);
+    }
+  }
+
+  /**
+   * Held ids passed the bound: closes the oldest windows in memory, across partitions, until
+   * those left hold at most half of `limit`. The next flush writes them with their membership
+   * and drops them; later events for them are counted through the stored membership.
+   */
+  closeOldest(limit: number): void {
+    const live: Array<{ windows: PartitionWindows; start: number; ids: number }> = [];
+    let held = 0;
+    for (const windows of this.partitions.values()) {
+      for (const window of windows.liveWindows()) {
+        live.push({ windows, ...window });
+        held += window.ids;
+      }
+    }
+    live.sort((a, b) => a.start - b.start);
+    let closed = 0;
+    for (const window of live) {
+      if (held <= limit / 2) break;
+      window.windows.closeThrough(window.start);
+      held -= window.ids;
+      closed++;
+    }
+    this.metrics.windowsClosedEarly.inc(closed);
   }
 
   /** Records left to read in `partition` after the batch just applied. */
@@ -167,13 +211,12 @@ export class Aggregation {
   }
 
   private async flushOnce(only?: readonly number[]): Promise<Map<number, number>> {
-    const rows: WindowRow[] = [];
+    const flushes: Array<{ windows: PartitionWindows; flush: PartitionFlush }> = [];
+    let outcome: FlushOutcome | undefined;
     const reflected = new Map<number, number>();
-    const flushed: PartitionWindows[] = [];
     for (const windows of this.partitions.values()) {
       if (only !== undefined && !only.includes(windows.partition)) continue;
-      flushed.push(windows);
-      rows.push(...windows.snapshotDirty());
+      flushes.push({ windows, flush: windows.snapshot() });
       if (windows.throughOffset >= 0 && !windows.isReplaying) {
         reflected.set(windows.partition, windows.throughOffset);
       }
@@ -182,22 +225,39 @@ export class Aggregation {
     const stopTimer = this.metrics.flushDuration.startTimer();
     try {
       // One connect attempt: the caller's write-retry policy decides what happens next.
-      const written = await this.db.use(
-        (client) => writeWindowRows(client, rows, this.options.pauseBeforeCommit),
+      outcome = await this.db.use(
+        (client) =>
+          writeFlush(
+            client,
+            flushes.map(({ flush }) => flush),
+            this.options.pauseBeforeCommit,
+          ),
         1,
       );
-      this.metrics.flushRows.inc(written);
+      this.metrics.flushRows.inc(outcome.rows);
+      this.metrics.fenceRefused.inc(outcome.fenced);
+      this.metrics.closedWindowCounted.inc(outcome.closedCounted);
       this.metrics.flushes.inc({ result: 'ok' });
     } catch (err) {
+      for (const { windows, flush } of flushes) windows.restore(flush);
       this.metrics.flushes.inc({ result: 'error' });
       throw err;
     } finally {
       stopTimer();
     }
-    for (const windows of flushed) {
-      windows.settle(rows.filter((row) => row.partition === windows.partition));
+    const lost = new Set(outcome.lost);
+    for (const { windows, flush } of flushes) {
+      if (lost.has(windows.partition)) {
+        // Another instance claimed it since: what this one holds is not its to write.
+        this.partitions.delete(windows.partition);
+        reflected.delete(windows.partition);
+        this.onLost?.(windows.partition);
+        continue;
+      }
+      windows.settle(flush);
       const receivedMs = this.newestReceiveMs.get(windows.partition);
-      if (receivedMs !== undefined && rows.some((row) => row.partition === windows.partition)) {
+      const wrote = flush.rows.length + flush.closedWindowEvents.length > 0;
+      if (receivedMs !== undefined && wrote) {
         this.metrics.freshness.observe(Math.max(0, Date.now() - receivedMs) / 1000);
       }
     }

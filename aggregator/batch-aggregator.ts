@@ -1,15 +1,18 @@
 /**
  * The per-batch work of the aggregator, pure and deterministic: parse and validate each record
- * of one partition's batch, assign it to its event-time window, decide whether it is late, and
- * return per-window partial user sets and counts. It runs in a Piscina worker (`parse-worker.ts`)
- * or inline (WORKERS=0); the main thread merges the result into the partition's windows.
+ * of one partition's batch, assign it to its event-time window, and return per-window partial
+ * lists of events. It runs in a Piscina worker (`parse-worker.ts`) or inline (WORKERS=0); the
+ * main thread merges the result into the partition's windows, in memory or through the window's
+ * stored membership (`window-state.ts`).
  *
- * Determinism matters for exactly-once: after a crash the same records are replayed, and every
- * decision here depends only on the records and on the partition state passed in, never on batch
- * boundaries or the clock.
+ * No event is late here: a window that closed still takes events (the main thread counts them
+ * through its stored membership). The one exception is a window closed by a version that stored
+ * no membership (`legacyFinalThrough`). Every decision depends only on the records and on the
+ * partition state passed in, never on batch boundaries or the clock, so a replay after a crash
+ * decides exactly as the first pass did.
  */
 import { PAGE_VIEW, validateEvent } from '../shared/event-schema.js';
-import { type PackedStrings, PackedStringsBuilder, packStrings } from './packed-strings.js';
+import { type PackedStrings, PackedStringsBuilder } from './packed-strings.js';
 
 /** One partition's batch, packed so that the buffers can be transferred to a worker. */
 export interface BatchInput {
@@ -22,16 +25,20 @@ export interface BatchInput {
   offsets: Float64Array;
   /**
    * Each record's Kafka timestamp (ingest's receive time), -1 where the record has none. The
-   * schema's future-timestamp bound is measured against it, not against the clock, so that a
-   * replay decides exactly as the first pass did.
+   * schema's time bounds are measured against it, not against the clock, so that a replay
+   * decides exactly as the first pass did; and it caps what the record may move the watermark.
    */
   timestamps: Float64Array;
   windowMs: number;
-  allowedLatenessMs: number;
-  /** The partition's watermark (highest event time seen) before this batch. */
+  /** Events older than this at their receive time are invalid (`timestamp_too_old`). */
+  maxAgeMs: number;
+  /** The partition's watermark before this batch. */
   watermarkIn: number;
-  /** Every window starting at or before this is final. */
-  finalThrough: number;
+  /**
+   * Every window starting at or before this was closed by a version that stored no membership:
+   * an event for it cannot be counted exactly and is dead-lettered as `late`.
+   */
+  legacyFinalThrough: number;
   /** Records at or below this offset were already reflected in PostgreSQL: replayed, not new. */
   replayThrough: number;
   /** The windows being rebuilt by the replay (open in PostgreSQL): only they count replayed records. */
@@ -39,24 +46,16 @@ export interface BatchInput {
 }
 
 /**
- * The partial figures of one window from one batch.
- *
- * Events that carry an `event_id` (ingest gives one to every event a client sends without) are
- * listed one by one, in offset order and without repeats within the batch, so that the main
- * thread can skip those its window already counted in an earlier batch: a producer retry or a
- * client resend can put the same event in the topic twice. Only events without an id are folded
- * into `users`, `events` and `pageViews` here. Ids travel as UTF-8 bytes (`PackedStrings`), not
- * strings: the main thread merges them into its byte sets without creating a V8 string.
+ * The events of one window from one batch, in offset order, each once: the main thread counts
+ * those its window has not counted yet. Every event has an id: its `event_id`, or for an event
+ * sent without one a synthetic id made from its offset (`syntheticEventId`), so that a repeated
+ * record (a producer retry, a client resend) counts once and a replay can be recognised. Ids
+ * travel as UTF-8 bytes (`PackedStrings`), not strings: the main thread merges them into its byte
+ * sets without creating a V8 string.
  */
 export interface WindowPartial {
   start: number;
-  /** Users of the events without an `event_id`, each once. */
-  users: PackedStrings;
-  /** Events without an `event_id`, and how many of them were page views. */
-  events: number;
-  pageViews: number;
   firstOffset: number;
-  /** The `event_id`s of this window's identified events, first occurrence in the batch only. */
   eventIds: PackedStrings;
   /** The user of each of `eventIds`. */
   eventIdUsers: PackedStrings;
@@ -69,7 +68,7 @@ export interface BatchResult {
   watermarkOut: number;
   /** Records that failed validation: index into the batch and the reason code. */
   invalid: Array<{ index: number; code: string }>;
-  /** Indexes of valid records whose window was already final. */
+  /** Indexes of valid records whose window closed before membership was stored. */
   late: number[];
   /** Replayed records that were not counted again (already in final rows, or late or invalid before). */
   skipped: number;
@@ -83,13 +82,18 @@ export function windowStartOf(timestampMs: number, windowMs: number): number {
   return timestampMs - (((timestampMs % windowMs) + windowMs) % windowMs);
 }
 
+/**
+ * The id of an event sent without `event_id`: its partition offset, padded past the longest id
+ * the schema accepts from a client (`EVENT_LIMITS.eventIdMaxChars`), so the two never collide.
+ */
+export function syntheticEventId(offset: number): string {
+  return `offset:${offset}`.padStart(65, '~');
+}
+
 /** A window of the batch while it is being built. */
 interface WindowBuild {
   start: number;
   firstOffset: number;
-  events: number;
-  pageViews: number;
-  users: Set<string>;
   eventIds: Set<string>;
   identified: PackedStringsBuilder;
   identifiedUsers: PackedStringsBuilder;
@@ -109,6 +113,7 @@ export function aggregateBatch(input: BatchInput): BatchResult {
   for (let i = 0; i < input.offsets.length; i++) {
     const offset = input.offsets[i] as number;
     const end = input.valueEnds[i] as number;
+    const appendedMs = input.timestamps[i] as number;
     const replayed = offset <= input.replayThrough;
     let outcome: ReturnType<typeof validateEvent> | { ok: false; code: string };
     if (end < 0) {
@@ -116,7 +121,7 @@ export function aggregateBatch(input: BatchInput): BatchResult {
     } else {
       const bytes = input.values.subarray(start, end);
       start = end;
-      outcome = decodeRecord(bytes, input.timestamps[i] as number);
+      outcome = decodeRecord(bytes, appendedMs, input.maxAgeMs);
     }
     if (!outcome.ok) {
       if (replayed) skipped++;
@@ -132,23 +137,20 @@ export function aggregateBatch(input: BatchInput): BatchResult {
         continue;
       }
     } else {
-      const final =
-        windowStart <= input.finalThrough ||
-        watermark >= windowStart + input.windowMs + input.allowedLatenessMs;
-      if (final) {
+      if (windowStart <= input.legacyFinalThrough) {
         late.push(i);
         continue;
       }
-      if (event.timestamp > watermark) watermark = event.timestamp;
+      // The watermark follows event time, but never past the record's receive time: a client's
+      // clock (or a forged timestamp) must not close windows for everyone else's events.
+      const bounded = appendedMs >= 0 ? Math.min(event.timestamp, appendedMs) : watermark;
+      if (bounded > watermark) watermark = bounded;
     }
     let window = windows.get(windowStart);
     if (window === undefined) {
       window = {
         start: windowStart,
         firstOffset: offset,
-        events: 0,
-        pageViews: 0,
-        users: new Set(),
         eventIds: new Set(),
         identified: new PackedStringsBuilder(),
         identifiedUsers: new PackedStringsBuilder(),
@@ -156,28 +158,21 @@ export function aggregateBatch(input: BatchInput): BatchResult {
       };
       windows.set(windowStart, window);
     }
-    const pageView = event.activity_type === PAGE_VIEW;
-    if (event.event_id === undefined) {
-      window.users.add(event.user_id);
-      window.events++;
-      if (pageView) window.pageViews++;
-    } else if (window.eventIds.has(event.event_id)) {
+    const eventId = event.event_id ?? syntheticEventId(offset);
+    if (window.eventIds.has(eventId)) {
       duplicates++;
-    } else {
-      window.eventIds.add(event.event_id);
-      window.identified.push(event.event_id);
-      window.identifiedUsers.push(event.user_id);
-      window.identifiedPageViews.push(pageView ? 1 : 0);
+      continue;
     }
+    window.eventIds.add(eventId);
+    window.identified.push(eventId);
+    window.identifiedUsers.push(event.user_id);
+    window.identifiedPageViews.push(event.activity_type === PAGE_VIEW ? 1 : 0);
   }
 
   const partials: WindowPartial[] = [];
   for (const window of windows.values()) {
     partials.push({
       start: window.start,
-      users: packStrings(window.users),
-      events: window.events,
-      pageViews: window.pageViews,
       firstOffset: window.firstOffset,
       eventIds: window.identified.finish(),
       eventIdUsers: window.identifiedUsers.finish(),
@@ -194,6 +189,7 @@ export function aggregateBatch(input: BatchInput): BatchResult {
 function decodeRecord(
   bytes: Uint8Array,
   appendedMs: number,
+  maxAgeMs: number,
 ): ReturnType<typeof validateEvent> | { ok: false; code: 'invalid_utf8' | 'invalid_json' } {
   let text: string;
   try {
@@ -207,9 +203,15 @@ function decodeRecord(
   } catch {
     return { ok: false, code: 'invalid_json' };
   }
-  // A record without a Kafka timestamp has nothing fixed to bound its future against.
-  const nowMs = appendedMs >= 0 ? appendedMs : Number.POSITIVE_INFINITY;
-  return validateEvent(value, { nowMs, maxAgeMs: null, requireTimestamp: true });
+  // A record without a Kafka timestamp has nothing fixed to bound its age or future against.
+  if (appendedMs < 0) {
+    return validateEvent(value, {
+      nowMs: Number.POSITIVE_INFINITY,
+      maxAgeMs: null,
+      requireTimestamp: true,
+    });
+  }
+  return validateEvent(value, { nowMs: appendedMs, maxAgeMs, requireTimestamp: true });
 }
 
 /** The records of a batch, in the transferable buffers of a BatchInput. */

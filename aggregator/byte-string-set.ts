@@ -73,6 +73,24 @@ export class ByteStringSet {
     return true;
   }
 
+  /**
+   * Calls `visit` with each entry's bytes (`arena[start..end)`), in the order they were added:
+   * the first `limit` entries (all by default), so that a snapshot sees the set as it was.
+   */
+  forEach(
+    visit: (arena: Uint8Array, start: number, end: number) => void,
+    limit = this.count,
+  ): void {
+    const arena = this.arena;
+    let position = 0;
+    for (let visited = 0; visited < limit && position < this.used; visited++) {
+      const length = (arena[position] as number) | ((arena[position + 1] as number) << 8);
+      const start = position + LENGTH_BYTES;
+      visit(arena, start, start + length);
+      position = start + length;
+    }
+  }
+
   /** The whole of `source` (tests and callers holding one id). */
   addBytes(source: Uint8Array): boolean {
     return this.add(source, 0, source.length);

@@ -19,7 +19,13 @@ export interface AggregatorConfig {
   /** PostgreSQL schema holding the metrics table and view. */
   databaseSchema: string;
   windowMs: number;
+  /**
+   * How long after a window's end (by the partition's watermark) it stays in memory. Events
+   * later than that are still counted, through the window's stored membership.
+   */
   allowedLatenessMs: number;
+  /** Events older than this at their receive time are invalid (ingest's bound, restated). */
+  maxEventAgeMs: number;
   /** Flush at least this often while there are changes. */
   flushIntervalMs: number;
   /** Flush once this many records were consumed since the last flush. */
@@ -28,8 +34,17 @@ export interface AggregatorConfig {
   workers: number;
   /** Where records that cannot be counted (invalid, late) go. */
   deadLetterTopic: string;
-  /** Consumption pauses while open windows hold more user ids than this. */
+  /**
+   * Above this many user ids and event ids held in memory, the oldest windows are written with
+   * their membership and leave memory.
+   */
   maxHeldUserIds: number;
+  /**
+   * What to do when a partition's stored position is no longer in the topic (retention passed
+   * it): `stop` that partition and alert (the default), or resume from the `earliest` offset
+   * still there, counting what was skipped.
+   */
+  offsetReset: 'stop' | 'earliest';
   /** Client-side deadline of one database query. */
   databaseQueryTimeoutMs: number;
   /**
@@ -60,11 +75,13 @@ export function readAggregatorConfig(env: NodeJS.ProcessEnv): AggregatorConfig {
     databaseSchema: r.string('DATABASE_SCHEMA', 'public'),
     windowMs: r.secondsAsMs('WINDOW_SEC', 60, { min: 1, max: 86_400 }),
     allowedLatenessMs: r.secondsAsMs('ALLOWED_LATENESS_SEC', 10, { min: 0, max: 86_400 }),
+    maxEventAgeMs: r.secondsAsMs('MAX_EVENT_AGE_SEC', 7 * 86_400, { min: 60, max: 366 * 86_400 }),
     flushIntervalMs: r.secondsAsMs('FLUSH_INTERVAL_SEC', 2, { min: 0.05, max: 3600 }),
     batchSize: r.int('BATCH_SIZE', 20_000, { min: 1, max: 10_000_000 }),
     workers: r.int('WORKERS', availableParallelism(), { min: 0, max: 64 }),
     deadLetterTopic: r.optionalString('DLQ_TOPIC') ?? '',
     maxHeldUserIds: r.int('MAX_HELD_USER_IDS', 5_000_000, { min: 1000, max: 1_000_000_000 }),
+    offsetReset: r.oneOf('OFFSET_RESET', 'stop', ['stop', 'earliest']),
     databaseQueryTimeoutMs: r.secondsAsMs('DATABASE_QUERY_TIMEOUT_SEC', 15, { min: 0.1, max: 600 }),
     consumerStallTimeoutMs: r.secondsAsMs('CONSUMER_STALL_TIMEOUT_SEC', 10, { min: 3, max: 3600 }),
     shutdownGraceMs: r.secondsAsMs('SHUTDOWN_GRACE_SEC', 25, { min: 1, max: 600 }),

@@ -38,6 +38,11 @@ const END_OFFSETS_DEADLINE_MS = 10_000;
 /** A consumer quiet for twice the stall timeout, yet not replaced, is reported this often. */
 const QUIET_REPORT_EVERY_MS = 30_000;
 
+/** How often the watchdog looks: a third of the stall timeout, at most every 5 s. */
+export function lookIntervalMs(stallTimeoutMs: number): number {
+  return Math.min(5_000, Math.ceil(stallTimeoutMs / 3));
+}
+
 /** Why a consumer was replaced (the `reason` label of `aggregator_consumer_replacements_total`). */
 export const REPLACEMENT_REASONS = ['stalled', 'unread'] as const;
 export type ReplacementReason = (typeof REPLACEMENT_REASONS)[number];
@@ -60,6 +65,12 @@ export interface WatchedConsumer {
   excuses(): Excuses;
   /** Swaps the Kafka consumer for a new one; resolves once the new one runs. */
   replace(): Promise<void>;
+  /**
+   * The partitions' ends, as read at `observedAtMs` (before the query): for idleness, and to find
+   * positions that are no longer in the topic. Returns the partitions stopped for that reason:
+   * they wait for an operator, not for a new consumer.
+   */
+  noteEnds(ends: ReadonlyMap<number, PartitionEnd>, observedAtMs: number): ReadonlySet<number>;
 }
 
 export interface ConsumerWatchdogOptions {
@@ -110,7 +121,7 @@ export class ConsumerWatchdog {
 
   /** A look every third of the stall timeout (at most every 5 s), one look at a time. */
   private schedule(): void {
-    const everyMs = Math.min(5_000, Math.ceil(this.options.stallTimeoutMs / 3));
+    const everyMs = lookIntervalMs(this.options.stallTimeoutMs);
     this.timer = setTimeout(() => {
       this.look()
         .catch((err: unknown) => this.logger.warn({ err }, 'stall watchdog failed'))
@@ -122,8 +133,12 @@ export class ConsumerWatchdog {
 
   private async look(): Promise<void> {
     const positions = new Map(this.consumer.positions);
+    const askedAtMs = Date.now();
     const ends = await this.endOffsets();
-    if (ends !== undefined) this.refreshLag(positions, ends);
+    if (ends !== undefined) {
+      this.refreshLag(positions, ends);
+      for (const partition of this.consumer.noteEnds(ends, askedAtMs)) positions.delete(partition);
+    }
     const excuses = this.consumer.excuses();
     const excused = Object.values(excuses).some(Boolean);
     const waiting = ends === undefined ? undefined : recordsWaiting(positions, ends);

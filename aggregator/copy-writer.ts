@@ -2,7 +2,8 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { ClientBase } from 'pg';
 import pgCopyStreams from 'pg-copy-streams';
-import type { WindowRow } from './window-state.js';
+import { CopyTextBuilder, encodeFields } from './copy-text.js';
+import type { PartitionFlush, WindowMembership, WindowRow } from './window-state.js';
 
 const { from: copyFrom } = pgCopyStreams;
 
@@ -16,6 +17,21 @@ export interface PauseBeforeCommit {
   onPause: () => void;
 }
 
+/** What one flush wrote. */
+export interface FlushOutcome {
+  /** Window rows written (cumulative rows accepted by the fence, and closed windows updated). */
+  rows: number;
+  /** Cumulative rows the fence refused: PostgreSQL holds figures from further in the partition. */
+  fenced: number;
+  /** Events for closed windows that their stored membership did not hold yet (now counted). */
+  closedCounted: number;
+  /**
+   * Partitions not written at all because another instance claimed them since (their epoch
+   * moved): this instance no longer owns them.
+   */
+  lost: number[];
+}
+
 const COLUMNS = [
   '"timestamp"',
   'window_seconds',
@@ -27,63 +43,375 @@ const COLUMNS = [
   'through_offset',
   'watermark_ms',
   'is_final',
+  'membership_stored',
 ].join(', ');
 
+const USER_COLUMNS = 'window_start, window_seconds, source_partition, user_id';
+const EVENT_COLUMNS = 'window_start, window_seconds, source_partition, page_view, event_id';
+const UNIQUE_VIOLATION = '23505';
+
+/** A window's row with the membership that goes with it. */
+interface RowWithMembership {
+  row: WindowRow;
+  membership: WindowMembership;
+}
+
 /**
- * Writes window rows in one transaction: COPY into a session-local staging table, then one
- * upsert into `user_activity_metrics`.
+ * Writes one flush in one transaction.
  *
- * The upsert is fenced: a row is only replaced by figures that reflect the partition consumed at
- * least as far (`through_offset` not older), so a stalled instance that wakes up after its
- * partitions moved cannot overwrite newer figures. Returns how many rows were written; rows the
- * fence refused are not counted.
+ * A partition is written only while this instance owns it: its epoch in `partition_epochs` is
+ * still the one it claimed (`claimPartition`), held with a share lock until COMMIT so that a new
+ * claim waits for this write. Within a partition the invariant is: a row whose membership is
+ * stored (`membership_stored`) always equals the counts of that membership.
+ * 1. Windows in memory, still open: their cumulative rows, fenced — a row is only replaced by
+ *    figures that reflect the partition consumed at least as far (`through_offset` not older),
+ *    and never once its membership is stored.
+ * 2. Windows closing: their cumulative rows and their users and event ids, straight COPY — a
+ *    window closes once, so its ids are new there.
+ * 3. Unless some are there already (a retry after a COMMIT whose answer was lost, or events
+ *    counted into the window as closed before it closed here): then step 2 is undone to a
+ *    savepoint, the ids are merged (`ON CONFLICT DO NOTHING`) and each row is recounted from
+ *    the stored membership.
+ * 4. Events for closed windows: those whose id the window's stored membership lacks are counted,
+ *    their users too when new to the window, and the row grows by exactly that. Inserting into
+ *    the membership is what decides, so a repeat — a replay, a producer retry, a client's
+ *    resend — adds nothing.
+ * 5. Closed windows that became final.
+ * The offsets the rows reflect are in the rows themselves: the same transaction.
  */
-export async function writeWindowRows(
+export async function writeFlush(
   client: ClientBase,
-  rows: readonly WindowRow[],
+  allFlushes: readonly PartitionFlush[],
   pauseBeforeCommit?: PauseBeforeCommit,
-): Promise<number> {
-  if (rows.length === 0) return 0;
+): Promise<FlushOutcome> {
+  const outcome: FlushOutcome = { rows: 0, fenced: 0, closedCounted: 0, lost: [] };
+  const hasWork = (flush: PartitionFlush) =>
+    flush.rows.length + flush.closedWindowEvents.length + flush.finals.length > 0;
+  if (!allFlushes.some(hasWork)) return outcome;
   await client.query('BEGIN');
   try {
-    await client.query(
-      `CREATE TEMP TABLE IF NOT EXISTS window_rows_staging
-         (LIKE user_activity_metrics INCLUDING DEFAULTS) ON COMMIT DELETE ROWS`,
-    );
-    const copy = client.query(copyFrom(`COPY window_rows_staging (${COLUMNS}) FROM STDIN`));
-    await pipeline(Readable.from(encodeRows(rows)), copy);
-    const result = await client.query(
-      `INSERT INTO user_activity_metrics AS m (${COLUMNS})
-       SELECT ${COLUMNS} FROM window_rows_staging
-       ON CONFLICT ("timestamp", window_seconds, source_partition) DO UPDATE SET
-         unique_users    = EXCLUDED.unique_users,
-         page_view_count = EXCLUDED.page_view_count,
-         event_count     = EXCLUDED.event_count,
-         first_offset    = LEAST(m.first_offset, EXCLUDED.first_offset),
-         through_offset  = EXCLUDED.through_offset,
-         watermark_ms    = EXCLUDED.watermark_ms,
-         is_final        = EXCLUDED.is_final,
-         updated_at      = now()
-       WHERE m.through_offset <= EXCLUDED.through_offset`,
-    );
+    const owned = await ownedEpochs(client, allFlushes);
+    const flushes = allFlushes.filter((flush) => {
+      if (owned.get(flush.partition) === flush.epoch) return true;
+      outcome.lost.push(flush.partition);
+      outcome.fenced += flush.rows.length + flush.closedWindowEvents.length;
+      return false;
+    });
+    const open: RowWithMembership[] = [];
+    const closing: RowWithMembership[] = [];
+    for (const flush of flushes) {
+      flush.rows.forEach((row, i) => {
+        const entry = { row, membership: flush.memberships[i] as WindowMembership };
+        (row.membershipStored ? closing : open).push(entry);
+      });
+    }
+    if (open.length > 0) {
+      const written = await upsertOpenRows(
+        client,
+        open.map((entry) => entry.row),
+      );
+      outcome.rows += written;
+      outcome.fenced += open.length - written;
+    }
+    if (closing.length > 0) {
+      await client.query('SAVEPOINT closing');
+      if (await closeWindows(client, closing)) {
+        await client.query('RELEASE SAVEPOINT closing');
+        outcome.rows += closing.length;
+      } else {
+        await client.query('ROLLBACK TO SAVEPOINT closing');
+        outcome.rows += await mergeAndRecount(client, closing);
+      }
+    }
+    const closedEvents = flushes.filter((flush) => flush.closedWindowEvents.length > 0);
+    if (closedEvents.length > 0) {
+      const counted = await countClosedWindowEvents(client, closedEvents);
+      outcome.rows += counted.rows;
+      outcome.closedCounted += counted.events;
+    }
+    for (const flush of flushes) {
+      if (flush.finals.length === 0) continue;
+      await client.query(
+        `UPDATE user_activity_metrics
+            SET is_final = true, through_offset = GREATEST(through_offset, $4), updated_at = now()
+          WHERE source_partition = $1 AND window_seconds = $2
+            AND "timestamp" = ANY($3::timestamptz[]) AND NOT is_final`,
+        [
+          flush.partition,
+          flush.windowSeconds,
+          flush.finals.map((start) => new Date(start).toISOString()),
+          flush.throughOffset,
+        ],
+      );
+    }
     if (pauseBeforeCommit !== undefined) {
       pauseBeforeCommit.onPause();
       await new Promise((resolve) => setTimeout(resolve, pauseBeforeCommit.ms));
     }
     await client.query('COMMIT');
-    return result.rowCount ?? 0;
+    return outcome;
   } catch (err) {
     await client.query('ROLLBACK').catch(() => {});
     throw err;
   }
 }
 
-/** COPY text format, one chunk per 1,000 rows. Every field is a number or a boolean: no escaping. */
+/** The current epoch of each flushed partition, share-locked until the transaction ends. */
+async function ownedEpochs(
+  client: ClientBase,
+  flushes: readonly PartitionFlush[],
+): Promise<Map<number, number>> {
+  const windowSeconds = flushes[0]?.windowSeconds ?? 0;
+  const result = await client.query<{ source_partition: number; epoch: string }>(
+    `SELECT source_partition, epoch FROM partition_epochs
+      WHERE window_seconds = $1 AND source_partition = ANY($2::int[])
+      FOR SHARE`,
+    [windowSeconds, flushes.map((flush) => flush.partition)],
+  );
+  return new Map(result.rows.map((row) => [row.source_partition, Number(row.epoch)]));
+}
+
+async function stageRows(client: ClientBase, rows: readonly WindowRow[]): Promise<void> {
+  await client.query(
+    `CREATE TEMP TABLE IF NOT EXISTS window_rows_staging
+       (LIKE user_activity_metrics INCLUDING DEFAULTS) ON COMMIT DELETE ROWS`,
+  );
+  await client.query('TRUNCATE window_rows_staging');
+  await copyInto(client, `window_rows_staging (${COLUMNS})`, encodeRows(rows));
+}
+
+/**
+ * The fenced cumulative upsert: a row is replaced only by figures from at least as far in the
+ * partition, and never once its membership is stored. Returns the keys of the rows written.
+ */
+async function upsertOpenRows(
+  client: ClientBase,
+  rows: readonly WindowRow[],
+  closingNow = false,
+): Promise<number> {
+  await stageRows(client, rows);
+  const result = await client.query(
+    `INSERT INTO user_activity_metrics AS m (${COLUMNS})
+     SELECT ${COLUMNS} FROM window_rows_staging
+     ON CONFLICT ("timestamp", window_seconds, source_partition) DO UPDATE SET
+       unique_users      = EXCLUDED.unique_users,
+       page_view_count   = EXCLUDED.page_view_count,
+       event_count       = EXCLUDED.event_count,
+       first_offset      = LEAST(m.first_offset, EXCLUDED.first_offset),
+       through_offset    = EXCLUDED.through_offset,
+       watermark_ms      = EXCLUDED.watermark_ms,
+       is_final          = EXCLUDED.is_final,
+       membership_stored = ${closingNow ? 'true' : 'false'},
+       updated_at        = now()
+     WHERE m.through_offset <= EXCLUDED.through_offset AND NOT m.membership_stored`,
+  );
+  return result.rowCount ?? 0;
+}
+
+/**
+ * The common case of closing windows: their rows (cumulative, fenced, not closed elsewhere) and
+ * their membership by straight COPY. False when another instance was there first: a row refused,
+ * or an id already stored (the caller undoes this to its savepoint and merges instead).
+ */
+async function closeWindows(
+  client: ClientBase,
+  closing: readonly RowWithMembership[],
+): Promise<boolean> {
+  const accepted = await upsertOpenRows(
+    client,
+    closing.map((entry) => entry.row),
+    true,
+  );
+  if (accepted < closing.length) return false;
+  // Ids stored for these windows already (events another instance counted into them as closed)
+  // would not be in the rows: merge and recount instead.
+  const stored = await client.query(
+    `SELECT 1 FROM unnest($1::timestamptz[], $2::int[], $3::int[]) AS r(start, seconds, part)
+      WHERE EXISTS (SELECT 1 FROM window_events e
+                     WHERE e.source_partition = r.part AND e.window_seconds = r.seconds
+                       AND e.window_start = r.start)
+      LIMIT 1`,
+    [
+      closing.map((entry) => new Date(entry.row.windowStart).toISOString()),
+      closing.map((entry) => entry.row.windowSeconds),
+      closing.map((entry) => entry.row.partition),
+    ],
+  );
+  if ((stored.rowCount ?? 0) > 0) return false;
+  try {
+    await copyMembership(client, `window_users (${USER_COLUMNS})`, closing, false);
+    await copyMembership(client, `window_events (${EVENT_COLUMNS})`, closing, true);
+  } catch (err) {
+    if ((err as { code?: string }).code === UNIQUE_VIOLATION) return false;
+    throw err;
+  }
+  return true;
+}
+
+/**
+ * Merges the membership of `entries` into the stored one (ids already there stay as they are)
+ * and sets each row to the counts of the stored membership, which also hold what other instances
+ * stored. Returns how many rows were written.
+ */
+async function mergeAndRecount(
+  client: ClientBase,
+  entries: readonly RowWithMembership[],
+): Promise<number> {
+  for (const [table, columns, withPageViews] of [
+    ['window_users', USER_COLUMNS, false],
+    ['window_events', EVENT_COLUMNS, true],
+  ] as const) {
+    await client.query(
+      `CREATE TEMP TABLE IF NOT EXISTS ${table}_staging (LIKE ${table}) ON COMMIT DELETE ROWS`,
+    );
+    await client.query(`TRUNCATE ${table}_staging`);
+    await copyMembership(client, `${table}_staging (${columns})`, entries, withPageViews);
+    await client.query(
+      `INSERT INTO ${table} (${columns}) SELECT ${columns} FROM ${table}_staging
+       ON CONFLICT DO NOTHING`,
+    );
+  }
+  const rows = entries.map((entry) => entry.row);
+  const result = await client.query(
+    `INSERT INTO user_activity_metrics AS m (${COLUMNS})
+     SELECT r.start, r.seconds, r.part, counts.users, counts.page_views, counts.events,
+            r.first_offset, r.through_offset, r.watermark_ms, r.is_final, true
+       FROM unnest($1::timestamptz[], $2::int[], $3::int[], $4::bigint[], $5::bigint[],
+                   $6::bigint[], $7::bool[])
+              AS r(start, seconds, part, first_offset, through_offset, watermark_ms, is_final)
+      CROSS JOIN LATERAL (
+        SELECT (SELECT count(*) FROM window_users u
+                 WHERE u.source_partition = r.part AND u.window_seconds = r.seconds
+                   AND u.window_start = r.start) AS users,
+               e.events, e.page_views
+          FROM (SELECT count(*) AS events, count(*) FILTER (WHERE page_view) AS page_views
+                  FROM window_events
+                 WHERE source_partition = r.part AND window_seconds = r.seconds
+                   AND window_start = r.start) e
+      ) counts
+     ON CONFLICT ("timestamp", window_seconds, source_partition) DO UPDATE SET
+       unique_users      = EXCLUDED.unique_users,
+       page_view_count   = EXCLUDED.page_view_count,
+       event_count       = EXCLUDED.event_count,
+       first_offset      = LEAST(m.first_offset, EXCLUDED.first_offset),
+       through_offset    = GREATEST(m.through_offset, EXCLUDED.through_offset),
+       watermark_ms      = GREATEST(m.watermark_ms, EXCLUDED.watermark_ms),
+       is_final          = m.is_final OR EXCLUDED.is_final,
+       membership_stored = true,
+       updated_at        = now()`,
+    [
+      rows.map((r) => new Date(r.windowStart).toISOString()),
+      rows.map((r) => r.windowSeconds),
+      rows.map((r) => r.partition),
+      rows.map((r) => r.firstOffset),
+      rows.map((r) => r.throughOffset),
+      rows.map((r) => (Number.isFinite(r.watermark) ? r.watermark : null)),
+      rows.map((r) => r.isFinal),
+    ],
+  );
+  return result.rowCount ?? 0;
+}
+
+async function countClosedWindowEvents(
+  client: ClientBase,
+  flushes: readonly PartitionFlush[],
+): Promise<{ rows: number; events: number }> {
+  await client.query(
+    `CREATE TEMP TABLE IF NOT EXISTS closed_events_staging (
+       ord BIGINT, window_start TIMESTAMPTZ, source_partition INTEGER,
+       page_view SMALLINT, event_id TEXT, user_id TEXT) ON COMMIT DELETE ROWS`,
+  );
+  await client.query(
+    `CREATE TEMP TABLE IF NOT EXISTS closed_windows_staging (
+       window_start TIMESTAMPTZ, source_partition INTEGER, first_offset BIGINT,
+       through_offset BIGINT, watermark_ms BIGINT, is_final BOOLEAN) ON COMMIT DELETE ROWS`,
+  );
+  const windows = new CopyTextBuilder();
+  for (const flush of flushes) {
+    for (const pending of flush.closedWindowEvents) {
+      windows
+        .field(new Date(pending.windowStart).toISOString())
+        .field(String(flush.partition))
+        .field(String(pending.firstOffset))
+        .field(String(flush.throughOffset))
+        .field(Number.isFinite(flush.watermark) ? String(flush.watermark) : '\\N')
+        .field(pending.isFinal ? 't' : 'f')
+        .endRow(true);
+    }
+  }
+  await copyInto(client, 'closed_windows_staging', windows.finish());
+  await copyInto(client, 'closed_events_staging', encodeClosedEvents(flushes));
+  const windowSeconds = flushes[0]?.windowSeconds ?? 0;
+  const result = await client.query<{ events: string }>(
+    `WITH candidates AS (
+       SELECT DISTINCT ON (window_start, source_partition, event_id)
+              window_start, source_partition, event_id, user_id, page_view
+         FROM closed_events_staging
+        ORDER BY window_start, source_partition, event_id, ord
+     ), new_events AS (
+       INSERT INTO window_events (${EVENT_COLUMNS})
+       SELECT window_start, $1, source_partition, page_view = 1, event_id FROM candidates
+       ON CONFLICT DO NOTHING
+       RETURNING window_start, source_partition, event_id
+     ), counted AS (
+       SELECT c.window_start, c.source_partition, c.user_id, c.page_view
+         FROM candidates c JOIN new_events n USING (window_start, source_partition, event_id)
+     ), new_users AS (
+       INSERT INTO window_users (${USER_COLUMNS})
+       SELECT DISTINCT window_start, $1, source_partition, user_id FROM counted
+       ON CONFLICT DO NOTHING
+       RETURNING window_start, source_partition
+     ), event_counts AS (
+       SELECT window_start, source_partition, count(*) AS events, sum(page_view) AS page_views
+         FROM counted GROUP BY 1, 2
+     ), user_counts AS (
+       SELECT window_start, source_partition, count(*) AS users FROM new_users GROUP BY 1, 2
+     ), upserted AS (
+       INSERT INTO user_activity_metrics AS m (${COLUMNS})
+       SELECT w.window_start, $1, w.source_partition, coalesce(u.users, 0),
+              coalesce(e.page_views, 0), coalesce(e.events, 0), w.first_offset, w.through_offset,
+              w.watermark_ms, w.is_final, true
+         FROM closed_windows_staging w
+         LEFT JOIN event_counts e USING (window_start, source_partition)
+         LEFT JOIN user_counts u USING (window_start, source_partition)
+       ON CONFLICT ("timestamp", window_seconds, source_partition) DO UPDATE SET
+         unique_users      = m.unique_users + EXCLUDED.unique_users,
+         page_view_count   = m.page_view_count + EXCLUDED.page_view_count,
+         event_count       = m.event_count + EXCLUDED.event_count,
+         first_offset      = LEAST(m.first_offset, EXCLUDED.first_offset),
+         through_offset    = GREATEST(m.through_offset, EXCLUDED.through_offset),
+         watermark_ms      = GREATEST(m.watermark_ms, EXCLUDED.watermark_ms),
+         is_final          = m.is_final OR EXCLUDED.is_final,
+         membership_stored = true,
+         updated_at        = now()
+       -- A row still open (another instance holds the window in memory) is left to its owner:
+       -- the ids stored here make that owner's close merge and recount.
+       WHERE m.membership_stored
+       RETURNING 1
+     )
+     SELECT (SELECT coalesce(sum(events), 0) FROM event_counts) AS events,
+            (SELECT count(*) FROM upserted) AS rows`,
+    [windowSeconds],
+  );
+  const row = result.rows[0] as { events: string; rows?: string } | undefined;
+  return { rows: Number(row?.rows ?? 0), events: Number(row?.events ?? 0) };
+}
+
+async function copyInto(
+  client: ClientBase,
+  target: string,
+  chunks: Iterable<Uint8Array | string>,
+): Promise<void> {
+  const copy = client.query(copyFrom(`COPY ${target} FROM STDIN`));
+  await pipeline(Readable.from(chunks), copy);
+}
+
+/** COPY text of cumulative rows, one chunk per 1,000 rows. Numbers and booleans: no escaping. */
 function* encodeRows(rows: readonly WindowRow[]): Generator<string> {
   let chunk = '';
   for (let i = 0; i < rows.length; i++) {
     const r = rows[i] as WindowRow;
-    chunk += `${new Date(r.windowStart).toISOString()}\t${r.windowSeconds}\t${r.partition}\t${r.uniqueUsers}\t${r.pageViews}\t${r.events}\t${r.firstOffset}\t${r.throughOffset}\t${Number.isFinite(r.watermark) ? r.watermark : '\\N'}\t${r.isFinal ? 't' : 'f'}\n`;
+    chunk += `${new Date(r.windowStart).toISOString()}\t${r.windowSeconds}\t${r.partition}\t${r.uniqueUsers}\t${r.pageViews}\t${r.events}\t${r.firstOffset}\t${r.throughOffset}\t${Number.isFinite(r.watermark) ? r.watermark : '\\N'}\t${r.isFinal ? 't' : 'f'}\t${r.membershipStored ? 't' : 'f'}\n`;
     if (i % 1000 === 999) {
       yield chunk;
       chunk = '';
@@ -91,3 +419,82 @@ function* encodeRows(rows: readonly WindowRow[]): Generator<string> {
   }
   if (chunk.length > 0) yield chunk;
 }
+
+/** COPY of the users (or event ids, with their page-view flags) of each entry's window. */
+async function copyMembership(
+  client: ClientBase,
+  target: string,
+  entries: readonly RowWithMembership[],
+  eventIds: boolean,
+): Promise<void> {
+  await copyInto(client, target, encodeMembership(entries, eventIds));
+}
+
+/**
+ * COPY text of (window, window seconds, partition, [page view,] id) for every id of each window's
+ * users, or of its event ids.
+ */
+function* encodeMembership(
+  entries: readonly RowWithMembership[],
+  eventIds: boolean,
+): Generator<Uint8Array> {
+  const out = new CopyTextBuilder();
+  for (const { row, membership } of entries) {
+    const prefix = encodeFields(
+      new Date(row.windowStart).toISOString(),
+      String(row.windowSeconds),
+      String(row.partition),
+    );
+    if (eventIds) {
+      const viewed = encodeFields('t');
+      const notViewed = encodeFields('f');
+      let i = 0;
+      membership.eventIds.forEach((arena, start, end) => {
+        const flag = membership.pageViews[i++] === 1 ? viewed : notViewed;
+        out.raw(prefix).raw(flag).lastTextField(arena, start, end).endRow();
+      }, membership.pageViews.length);
+    } else {
+      membership.users.forEach((arena, start, end) => {
+        out.raw(prefix).lastTextField(arena, start, end).endRow();
+      }, membership.userCount);
+    }
+    yield* out.take();
+  }
+  yield* out.finish();
+}
+
+/** COPY text of the events for closed windows: (ord, window, partition, page view, id, user). */
+function* encodeClosedEvents(flushes: readonly PartitionFlush[]): Generator<Uint8Array> {
+  const out = new CopyTextBuilder();
+  let ord = 0;
+  for (const flush of flushes) {
+    for (const pending of flush.closedWindowEvents) {
+      const window = encodeFields(
+        new Date(pending.windowStart).toISOString(),
+        String(flush.partition),
+      );
+      for (const part of pending.parts) {
+        let idStart = 0;
+        let userStart = 0;
+        for (let i = 0; i < part.eventIds.ends.length; i++) {
+          const idEnd = part.eventIds.ends[i] as number;
+          const userEnd = part.eventIdUsers.ends[i] as number;
+          out
+            .field(String(ord++))
+            .raw(window)
+            .field(String(part.eventIdPageViews[i]))
+            .lastTextField(part.eventIds.bytes, idStart, idEnd)
+            .raw(TAB_BYTES)
+            .lastTextField(part.eventIdUsers.bytes, userStart, userEnd)
+            .endRow();
+          idStart = idEnd;
+          userStart = userEnd;
+        }
+        yield* out.take();
+      }
+    }
+  }
+  yield* out.finish();
+}
+
+const TAB_BYTES = new Uint8Array([0x09]);

@@ -25,7 +25,39 @@ export function createAggregatorMetrics(registry: Registry) {
     }),
     recordsLate: new Counter({
       name: 'aggregator_records_late_total',
-      help: 'Valid records for a window that was already final.',
+      help: 'Valid records for a window closed by a version that stored no membership: dead-lettered, not counted.',
+      registers,
+    }),
+    closedWindowRecords: new Counter({
+      name: 'aggregator_closed_window_records_total',
+      help: 'Events that arrived after their window closed (late, or memory ran short), counted through its stored membership.',
+      registers,
+    }),
+    closedWindowCounted: new Counter({
+      name: 'aggregator_closed_window_counted_total',
+      help: 'Events for closed windows that their stored membership did not hold yet: counted (the rest were repeats).',
+      registers,
+    }),
+    windowsClosedEarly: new Counter({
+      name: 'aggregator_windows_closed_early_total',
+      help: 'Windows written with their membership and dropped from memory before they were final, because held ids passed MAX_HELD_USER_IDS.',
+      registers,
+    }),
+    fenceRefused: new Counter({
+      name: 'aggregator_fence_refused_rows_total',
+      help: 'Window rows PostgreSQL refused because it holds figures from further in the partition (another instance got further, or the topic was recreated).',
+      registers,
+    }),
+    offsetsMissing: new Gauge({
+      name: 'aggregator_partition_offsets_missing',
+      help: '1 while a partition is stopped because its stored position is no longer in the topic (retention passed, or the topic was recreated): see OFFSET_RESET.',
+      labelNames: ['partition'],
+      registers,
+    }),
+    offsetsSkipped: new Counter({
+      name: 'aggregator_offsets_skipped_total',
+      help: 'Offsets skipped past a stored position that was no longer in the topic, with OFFSET_RESET=earliest.',
+      labelNames: ['partition'],
       registers,
     }),
     batchSize: new Histogram({
@@ -58,17 +90,17 @@ export function createAggregatorMetrics(registry: Registry) {
     }),
     heldUsers: new Gauge({
       name: 'aggregator_held_user_ids',
-      help: 'User ids held in open windows (with the event ids, bounded by MAX_HELD_USER_IDS).',
+      help: 'User ids held in memory: open windows, and events waiting for closed windows (with the event ids, bounded by MAX_HELD_USER_IDS).',
       registers,
     }),
     heldEventIds: new Gauge({
       name: 'aggregator_held_event_ids',
-      help: 'Event ids held in open windows to skip repeated events (with the user ids, bounded by MAX_HELD_USER_IDS).',
+      help: 'Event ids held in memory to skip repeated events: open windows, and events waiting for closed windows (with the user ids, bounded by MAX_HELD_USER_IDS).',
       registers,
     }),
     heldUsersLimit: new Gauge({
       name: 'aggregator_held_user_ids_limit',
-      help: 'MAX_HELD_USER_IDS: consumption pauses while user ids and event ids held exceed it.',
+      help: 'MAX_HELD_USER_IDS: above it the oldest windows are written with their membership and leave memory.',
       registers,
     }),
     workerTaskDuration: new Histogram({
@@ -79,7 +111,7 @@ export function createAggregatorMetrics(registry: Registry) {
     }),
     deadLettered: new Counter({
       name: 'aggregator_dead_lettered_total',
-      help: 'Records sent to the dead-letter topic (invalid or late).',
+      help: 'Records sent to the dead-letter topic (invalid, or late for a window closed before membership was stored).',
       registers,
     }),
     replaySkipped: new Counter({
@@ -134,7 +166,7 @@ export function createAggregatorMetrics(registry: Registry) {
     }),
     consumptionPaused: new Gauge({
       name: 'aggregator_consumption_paused',
-      help: '1 while consumption is paused (database failing, or memory bound reached).',
+      help: '1 while consumption is paused (the database keeps failing).',
       registers,
     }),
   };

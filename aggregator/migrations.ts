@@ -57,6 +57,49 @@ const MIGRATIONS: ReadonlyArray<{ version: number; name: string; sql: string }> 
         'The partition''s event-time watermark (epoch ms) at through_offset: restored with the position on assignment.';
     `,
   },
+  {
+    version: 3,
+    name: 'durable_window_membership',
+    sql: `
+      ALTER TABLE user_activity_metrics
+        ADD COLUMN membership_stored BOOLEAN NOT NULL DEFAULT false;
+      COMMENT ON COLUMN user_activity_metrics.membership_stored IS
+        'The window''s users and event ids are in window_users and window_events, and this row''s figures are their counts: later events update it through them (never rebuilt from the topic).';
+      COMMENT ON COLUMN user_activity_metrics.is_final IS
+        'The partition''s watermark (or, idle, the clock) passed the window''s end plus the allowed lateness. Late events may still update the row.';
+
+      CREATE TABLE window_users (
+        window_start     TIMESTAMPTZ NOT NULL,
+        window_seconds   INTEGER     NOT NULL,
+        source_partition INTEGER     NOT NULL,
+        user_id          TEXT        NOT NULL,
+        PRIMARY KEY (source_partition, window_seconds, window_start, user_id)
+      );
+      COMMENT ON TABLE window_users IS
+        'The distinct users of each closed (window, partition): what a late event''s user is checked against. Unions across windows and partitions give exact uniques over any range still held.';
+
+      CREATE TABLE window_events (
+        window_start     TIMESTAMPTZ NOT NULL,
+        window_seconds   INTEGER     NOT NULL,
+        source_partition INTEGER     NOT NULL,
+        page_view        BOOLEAN     NOT NULL,
+        event_id         TEXT        NOT NULL,
+        PRIMARY KEY (source_partition, window_seconds, window_start, event_id)
+      );
+      COMMENT ON TABLE window_events IS
+        'The event ids counted in each closed (window, partition): a repeated event (producer retry, client resend) is counted once however late it comes. Events sent without an id are listed by a synthetic id longer than any client id.';
+
+      CREATE TABLE partition_epochs (
+        window_seconds   INTEGER NOT NULL,
+        source_partition INTEGER NOT NULL,
+        epoch            BIGINT  NOT NULL,
+        claimed_at       TIMESTAMPTZ NOT NULL DEFAULT now(),
+        PRIMARY KEY (window_seconds, source_partition)
+      );
+      COMMENT ON TABLE partition_epochs IS
+        'Who may write a partition''s rows: each assignment takes the next epoch, and a flush writes a partition only while the epoch is still its own (a stalled instance that wakes up after its partitions moved writes nothing).';
+    `,
+  },
 ];
 
 export const LATEST_SCHEMA_VERSION = MIGRATIONS.at(-1)?.version ?? 0;

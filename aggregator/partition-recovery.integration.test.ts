@@ -8,7 +8,8 @@ import { after, describe, test } from 'node:test';
 import pg from 'pg';
 import { withDeadline } from '../shared/lifecycle.js';
 import { stackFromEnv, uniqueName } from '../shared/testing.js';
-import { writeWindowRows } from './copy-writer.js';
+import { ByteStringSet } from './byte-string-set.js';
+import { writeFlush } from './copy-writer.js';
 import { LATEST_SCHEMA_VERSION, migrate } from './migrations.js';
 import { loadCheckpoint, loadStoredPositions } from './partition-recovery.js';
 import type { WindowRow } from './window-state.js';
@@ -56,8 +57,49 @@ function row(overrides: Partial<WindowRow> & Pick<WindowRow, 'windowStart'>): Wi
     throughOffset: 0,
     watermark: overrides.windowStart,
     isFinal: false,
+    membershipStored: false,
     ...overrides,
   };
+}
+
+/**
+ * Writes cumulative rows through the real flush (no membership, no closed-window events), as the
+ * partitions' current owner.
+ */
+async function writeWindowRows(client: pg.Client, rows: readonly WindowRow[]): Promise<number> {
+  const epochs = new Map<string, number>();
+  for (const r of rows) {
+    const result = await client.query<{ epoch: string }>(
+      `INSERT INTO partition_epochs AS e (window_seconds, source_partition, epoch) VALUES ($1, $2, 1)
+       ON CONFLICT (window_seconds, source_partition) DO UPDATE SET epoch = e.epoch
+       RETURNING epoch`,
+      [r.windowSeconds, r.partition],
+    );
+    epochs.set(`${r.windowSeconds}:${r.partition}`, Number(result.rows[0]?.epoch));
+  }
+  const outcome = await writeFlush(
+    client,
+    rows.map((r) => ({
+      partition: r.partition,
+      epoch: epochs.get(`${r.windowSeconds}:${r.partition}`) ?? 0,
+      windowSeconds: r.windowSeconds,
+      throughOffset: r.throughOffset,
+      watermark: r.watermark,
+      rows: [r],
+      memberships: [
+        {
+          windowStart: r.windowStart,
+          users: new ByteStringSet(),
+          eventIds: new ByteStringSet(),
+          userCount: 0,
+          pageViews: new Uint8Array(),
+        },
+      ],
+      closedWindowEvents: [],
+      finals: [],
+    })),
+  );
+  return outcome.rows;
 }
 
 async function stored(client: pg.Client, partition = 0) {

@@ -4,14 +4,52 @@ import type { ClientBase } from 'pg';
 export interface PartitionCheckpoint {
   /** First offset not yet reflected in PostgreSQL; null when the partition has no rows. */
   resumeFrom: number | null;
-  /** Where to start reading: the first offset of the oldest open window, or `resumeFrom`. */
+  /** Where to start reading: the first offset of the oldest window to rebuild, or `resumeFrom`. */
   replayFrom: number | null;
-  /** Starts of the windows that are not final: rebuilt by replaying from `replayFrom`. */
+  /** Starts of the windows that were held in memory: rebuilt by replaying from `replayFrom`. */
   openWindows: number[];
+  /** Closed windows (membership stored) that are not final yet. */
+  closedOpenWindows: number[];
+  /** Every window starting at or before this is closed: its membership is stored. */
+  closedThrough: number;
   /** Every window starting at or before this is final. */
   finalThrough: number;
+  /** Every window starting at or before this was made final by a version that stored no membership. */
+  legacyFinalThrough: number;
   /** The partition's event-time watermark when its newest rows were written. */
   watermark: number;
+  /** The ownership epoch: flushes write this partition only while it is still the current one. */
+  epoch: number;
+}
+
+/**
+ * Takes ownership of a partition and reads its checkpoint, in one transaction: the next epoch
+ * (see `partition_epochs`) and the rows as they stand. A flush of the previous owner holds the
+ * epoch row while it writes, so the new epoch waits for it and the checkpoint includes it; any
+ * later flush of the previous owner finds the epoch moved and writes nothing.
+ */
+export async function claimPartition(
+  client: ClientBase,
+  partition: number,
+  windowSeconds: number,
+): Promise<PartitionCheckpoint> {
+  await client.query('BEGIN');
+  try {
+    const claimed = await client.query<{ epoch: string }>(
+      `INSERT INTO partition_epochs AS e (window_seconds, source_partition, epoch)
+       VALUES ($1, $2, 1)
+       ON CONFLICT (window_seconds, source_partition)
+       DO UPDATE SET epoch = e.epoch + 1, claimed_at = now()
+       RETURNING epoch`,
+      [windowSeconds, partition],
+    );
+    const checkpoint = await loadCheckpoint(client, partition, windowSeconds);
+    await client.query('COMMIT');
+    return { ...checkpoint, epoch: Number(claimed.rows[0]?.epoch) };
+  } catch (err) {
+    await client.query('ROLLBACK').catch(() => {});
+    throw err;
+  }
 }
 
 /**
@@ -23,57 +61,77 @@ export async function loadCheckpoint(
   partition: number,
   windowSeconds: number,
 ): Promise<PartitionCheckpoint> {
-  const result = await client.query<{
-    start_ms: string;
-    first_offset: string;
-    through_offset: string;
+  const summary = await client.query<{
+    through: string | null;
     watermark_ms: string | null;
-    is_final: boolean;
+    final_ms: string | null;
+    closed_ms: string | null;
+    legacy_ms: string | null;
   }>(
-    `SELECT (extract(epoch FROM "timestamp") * 1000)::bigint AS start_ms,
-            first_offset, through_offset, watermark_ms, is_final
+    `SELECT (SELECT through_offset FROM user_activity_metrics
+              WHERE source_partition = $1 AND window_seconds = $2
+              ORDER BY through_offset DESC LIMIT 1) AS through,
+            (SELECT watermark_ms FROM user_activity_metrics
+              WHERE source_partition = $1 AND window_seconds = $2
+              ORDER BY through_offset DESC, watermark_ms DESC NULLS LAST LIMIT 1) AS watermark_ms,
+            (extract(epoch FROM max("timestamp") FILTER (WHERE is_final)) * 1000)::bigint AS final_ms,
+            (extract(epoch FROM max("timestamp") FILTER (WHERE membership_stored)) * 1000)::bigint
+              AS closed_ms,
+            (extract(epoch FROM max("timestamp") FILTER (WHERE is_final AND NOT membership_stored))
+              * 1000)::bigint AS legacy_ms
        FROM user_activity_metrics
-      WHERE source_partition = $1 AND window_seconds = $2
-        AND (NOT is_final OR "timestamp" = (
-              SELECT max("timestamp") FROM user_activity_metrics
-               WHERE source_partition = $1 AND window_seconds = $2 AND is_final)
-          OR through_offset = (
-              SELECT max(through_offset) FROM user_activity_metrics
-               WHERE source_partition = $1 AND window_seconds = $2))`,
+      WHERE source_partition = $1 AND window_seconds = $2`,
     [partition, windowSeconds],
   );
-  let through = -1;
-  let watermark = Number.NEGATIVE_INFINITY;
-  let finalThrough = Number.NEGATIVE_INFINITY;
+  const open = await client.query<{
+    start_ms: string;
+    first_offset: string;
+    membership_stored: boolean;
+  }>(
+    `SELECT (extract(epoch FROM "timestamp") * 1000)::bigint AS start_ms, first_offset,
+            membership_stored
+       FROM user_activity_metrics
+      WHERE source_partition = $1 AND window_seconds = $2 AND NOT is_final`,
+    [partition, windowSeconds],
+  );
+  const epoch = await client.query<{ epoch: string }>(
+    'SELECT epoch FROM partition_epochs WHERE window_seconds = $1 AND source_partition = $2',
+    [windowSeconds, partition],
+  );
+  const row = summary.rows[0];
+  const orMinusInfinity = (value: string | null | undefined): number =>
+    value === null || value === undefined ? Number.NEGATIVE_INFINITY : Number(value);
+  const finalThrough = orMinusInfinity(row?.final_ms);
+  const legacyFinalThrough = orMinusInfinity(row?.legacy_ms);
   const openWindows: number[] = [];
+  const closedOpenWindows: number[] = [];
   let oldestOpenFirstOffset = Number.POSITIVE_INFINITY;
-  for (const row of result.rows) {
-    const start = Number(row.start_ms);
-    through = Math.max(through, Number(row.through_offset));
-    if (row.watermark_ms !== null) watermark = Math.max(watermark, Number(row.watermark_ms));
-    if (row.is_final) {
-      finalThrough = Math.max(finalThrough, start);
+  for (const window of open.rows) {
+    const start = Number(window.start_ms);
+    if (window.membership_stored) {
+      closedOpenWindows.push(start);
     } else {
       openWindows.push(start);
-      oldestOpenFirstOffset = Math.min(oldestOpenFirstOffset, Number(row.first_offset));
+      oldestOpenFirstOffset = Math.min(oldestOpenFirstOffset, Number(window.first_offset));
     }
   }
-  if (through < 0) {
-    return {
-      resumeFrom: null,
-      replayFrom: null,
-      openWindows: [],
-      finalThrough,
-      watermark,
-    };
+  const common = {
+    openWindows,
+    closedOpenWindows,
+    closedThrough: Math.max(orMinusInfinity(row?.closed_ms), legacyFinalThrough),
+    finalThrough,
+    legacyFinalThrough,
+    watermark: orMinusInfinity(row?.watermark_ms),
+    epoch: Number(epoch.rows[0]?.epoch ?? 0),
+  };
+  if (row?.through === null || row?.through === undefined) {
+    return { resumeFrom: null, replayFrom: null, ...common };
   }
-  const resumeFrom = through + 1;
+  const resumeFrom = Number(row.through) + 1;
   return {
     resumeFrom,
     replayFrom: openWindows.length > 0 ? Math.min(oldestOpenFirstOffset, resumeFrom) : resumeFrom,
-    openWindows,
-    finalThrough,
-    watermark,
+    ...common,
   };
 }
 

@@ -6,6 +6,7 @@ import { createServiceRegistry } from '../shared/service-metrics.js';
 import { ActivityConsumer } from './activity-consumer.js';
 import { Aggregation } from './aggregation.js';
 import type { AggregatorConfig } from './config.js';
+import { lookIntervalMs } from './consumer-watchdog.js';
 import type { PauseBeforeCommit } from './copy-writer.js';
 import { Database } from './database.js';
 import { DeadLetterProducer } from './dead-letter.js';
@@ -71,7 +72,10 @@ export async function startAggregator(
       {
         windowMs: config.windowMs,
         allowedLatenessMs: config.allowedLatenessMs,
+        maxAgeMs: config.maxEventAgeMs,
         idleAfterMs: Math.max(5000, config.allowedLatenessMs),
+        // Two looks of the watchdog, and a second for the query itself.
+        endOffsetsFreshMs: 2 * lookIntervalMs(config.consumerStallTimeoutMs) + 1000,
         ...pauseBeforeCommit(config, logger),
       },
       metrics,
@@ -89,6 +93,7 @@ export async function startAggregator(
         batchSize: config.batchSize,
         concurrency: config.workers,
         maxHeldUserIds: config.maxHeldUserIds,
+        offsetReset: config.offsetReset,
         stallTimeoutMs: config.consumerStallTimeoutMs,
       },
       metrics,

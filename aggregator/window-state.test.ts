@@ -1,37 +1,63 @@
+/**
+ * PartitionWindows: windows in memory, when they close, what a flush writes for them, and what
+ * happens to events for windows that closed. The whole-stream properties (random batches,
+ * flushes, early closes, crashes against a model of the tables) are in batch-aggregator.test.ts.
+ */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { seededRandom } from '../shared/testing.js';
 import { aggregateBatch, packRecords, windowStartOf } from './batch-aggregator.js';
-import { PartitionWindows, type WindowRow } from './window-state.js';
+import { unpackStrings } from './packed-strings.js';
+import { type PartitionFlush, PartitionWindows, type WindowRow } from './window-state.js';
 
 const WINDOW_MS = 60_000;
 const LATENESS_MS = 10_000;
+const MAX_AGE_MS = 7 * 86_400_000;
 /** A window start: 2024-05-01T12:00:00Z. */
 const T0 = Date.UTC(2024, 4, 1, 12, 0, 0);
 const T1 = T0 + WINDOW_MS;
 const T2 = T1 + WINDOW_MS;
 
 function windows(latenessMs = LATENESS_MS): PartitionWindows {
-  return new PartitionWindows(3, WINDOW_MS, latenessMs);
+  return new PartitionWindows(3, WINDOW_MS, latenessMs, MAX_AGE_MS);
 }
 
-function click(user: string, timestamp: number, activityType = 'click') {
-  return { user_id: user, activity_type: activityType, timestamp };
+function click(user: string, timestamp: number, activityType = 'click', eventId?: string) {
+  return {
+    user_id: user,
+    activity_type: activityType,
+    timestamp,
+    ...(eventId === undefined ? {} : { event_id: eventId }),
+  };
 }
 
-/** Applies one event at `offset` the way the aggregator does: worker logic, then merge. */
+/**
+ * Applies one event at `offset` the way the aggregator does (worker logic, then merge),
+ * received when it happened unless `receivedMs` says otherwise. Says where it went.
+ */
 function applyEvent(
   state: PartitionWindows,
   event: ReturnType<typeof click>,
   offset: number,
-): 'counted' | 'late' {
+  receivedMs = event.timestamp,
+): 'in memory' | 'closed window' | 'duplicate' {
   const packed = packRecords([
-    { offset, timestampMs: event.timestamp, value: Buffer.from(JSON.stringify(event)) },
+    { offset, timestampMs: receivedMs, value: Buffer.from(JSON.stringify(event)) },
   ]);
   const result = aggregateBatch(state.batchInput(packed));
   assert.deepEqual(result.invalid, []);
-  state.merge(result, offset);
-  return result.late.length === 1 ? 'late' : 'counted';
+  assert.deepEqual(result.late, []);
+  const merged = state.merge(result, offset);
+  if (merged.closed > 0) return 'closed window';
+  return merged.duplicates > 0 ? 'duplicate' : 'in memory';
+}
+
+/** Applies events at consecutive offsets starting from `firstOffset`. */
+function applyAll(
+  state: PartitionWindows,
+  events: ReadonlyArray<ReturnType<typeof click>>,
+  firstOffset: number,
+): string[] {
+  return events.map((event, i) => applyEvent(state, event, firstOffset + i));
 }
 
 /** Records that `offset` was consumed without counting anything (an invalid record). */
@@ -49,49 +75,39 @@ function advance(state: PartitionWindows, offset: number): void {
   );
 }
 
-/** Applies events at consecutive offsets starting from `firstOffset`; returns the outcomes. */
-function applyAll(
-  state: PartitionWindows,
-  events: ReadonlyArray<ReturnType<typeof click>>,
-  firstOffset: number,
-): string[] {
-  return events.map((event, i) => applyEvent(state, event, firstOffset + i));
-}
-
-/** The dirty rows by window start. */
-function dirtyByStart(state: PartitionWindows): Map<number, WindowRow> {
-  return new Map(state.snapshotDirty().map((row) => [row.windowStart, row]));
+/** The rows the next flush would write, by window start (the snapshot is handed back). */
+function rowsByStart(state: PartitionWindows): Map<number, WindowRow> {
+  const flush = state.snapshot();
+  state.restore(flush);
+  return new Map(flush.rows.map((row) => [row.windowStart, row]));
 }
 
 function onlyRow(state: PartitionWindows, windowStart: number): WindowRow {
-  const row = dirtyByStart(state).get(windowStart);
-  assert.ok(row !== undefined, `no dirty row for window ${new Date(windowStart).toISOString()}`);
+  const row = rowsByStart(state).get(windowStart);
+  assert.ok(row !== undefined, `no row to write for window ${new Date(windowStart).toISOString()}`);
   return row;
 }
 
-/** A flush that succeeds: snapshot, write, settle. */
-function flush(state: PartitionWindows): WindowRow[] {
-  const rows = state.snapshotDirty();
-  state.settle(rows);
-  return rows;
+/** A flush that succeeds: snapshot, (write), settle. */
+function flush(state: PartitionWindows): PartitionFlush {
+  const written = state.snapshot();
+  state.settle(written);
+  return written;
 }
 
 describe('PartitionWindows: window assignment', () => {
   test('windows are aligned to the epoch, not to the first event', () => {
-    const state = new PartitionWindows(0, 7000, 0);
-    assert.equal(windowStartOf(0, state.windowMs), 0);
-    assert.equal(windowStartOf(6999, state.windowMs), 0);
-    assert.equal(windowStartOf(7000, state.windowMs), 7000);
-    assert.equal(windowStartOf(10_000, state.windowMs), 7000);
-    assert.equal(windowStartOf(T0 + 123, state.windowMs), T0 + 123 - ((T0 + 123) % 7000));
+    assert.equal(windowStartOf(0, 7000), 0);
+    assert.equal(windowStartOf(6999, 7000), 0);
+    assert.equal(windowStartOf(7000, 7000), 7000);
+    assert.equal(windowStartOf(10_000, 7000), 7000);
+    assert.equal(windowStartOf(T0 + 123, 7000), T0 + 123 - ((T0 + 123) % 7000));
   });
 
   test('a timestamp exactly on a boundary starts the next window', () => {
     const state = windows();
-    assert.equal(windowStartOf(T1 - 1, state.windowMs), T0);
-    assert.equal(windowStartOf(T1, state.windowMs), T1);
     applyAll(state, [click('a', T1 - 1), click('b', T1)], 0);
-    const rows = dirtyByStart(state);
+    const rows = rowsByStart(state);
     assert.deepEqual([...rows.keys()].sort(), [T0, T1]);
     assert.equal(rows.get(T0)?.events, 1);
     assert.equal(rows.get(T1)?.events, 1);
@@ -110,6 +126,7 @@ describe('PartitionWindows: figures', () => {
     assert.equal(row.uniqueUsers, 3);
     assert.equal(row.events, 6);
     assert.equal(state.heldUsers, 3);
+    assert.equal(state.heldEventIds, 6, 'events without an id are held by their synthetic id');
   });
 
   test('user ids are compared exactly: case and whitespace make different users', () => {
@@ -146,175 +163,203 @@ describe('PartitionWindows: figures', () => {
     assert.equal(row.windowSeconds, 60);
     assert.equal(row.partition, 3);
   });
+
+  test('an event_id counted in an earlier batch is not counted again; in another window it is', () => {
+    const state = windows();
+    assert.equal(applyEvent(state, click('a', T0, 'page_view', 'e1'), 0), 'in memory');
+    assert.equal(applyEvent(state, click('a', T0, 'page_view', 'e1'), 1), 'duplicate');
+    assert.equal(applyEvent(state, click('a', T1, 'page_view', 'e1'), 2), 'in memory');
+    assert.equal(onlyRow(state, T0).events, 1);
+    assert.equal(onlyRow(state, T1).events, 1);
+  });
 });
 
-describe('PartitionWindows: finality and late events', () => {
-  test('a window becomes final once the watermark reaches its end plus the allowed lateness', () => {
+describe('PartitionWindows: finality and closing', () => {
+  test('a window becomes final, and closes, once the watermark reaches its end plus the lateness', () => {
     const state = windows();
     applyEvent(state, click('a', T0), 0);
     applyEvent(state, click('b', T1 + LATENESS_MS - 1), 1);
     assert.equal(onlyRow(state, T0).isFinal, false);
     applyEvent(state, click('c', T1 + LATENESS_MS), 2);
-    assert.equal(onlyRow(state, T0).isFinal, true);
+    const row = onlyRow(state, T0);
+    assert.deepEqual([row.isFinal, row.membershipStored], [true, true]);
     assert.equal(onlyRow(state, T1).isFinal, false);
+    assert.equal(state.finalThrough, T0);
+    assert.equal(state.closedThrough, T0);
   });
 
-  test('with no allowed lateness the first event of the next window closes the previous one', () => {
-    const state = windows(0);
-    applyEvent(state, click('a', T0), 0);
-    applyEvent(state, click('b', T1), 1);
-    assert.equal(onlyRow(state, T0).isFinal, true);
-  });
-
-  test('out-of-order events within the allowed lateness are counted', () => {
+  test('a closing window is written with its users and event ids, then leaves memory', () => {
     const state = windows();
-    applyEvent(state, click('a', T1 + 5000), 0);
-    assert.equal(applyEvent(state, click('b', T0 + 30_000), 1), 'counted');
-    assert.equal(applyEvent(state, click('c', T1 + LATENESS_MS - 1), 2), 'counted');
-    assert.equal(applyEvent(state, click('d', T0 + 59_999), 3), 'counted');
-    assert.equal(onlyRow(state, T0).uniqueUsers, 2);
-    assert.equal(onlyRow(state, T0).isFinal, false);
-  });
-
-  test('an event for a final window is late and does not change its figures', () => {
-    const state = windows();
-    applyAll(state, [click('a', T0, 'page_view'), click('b', T1 + LATENESS_MS)], 0);
-    const before = onlyRow(state, T0);
-    assert.equal(before.isFinal, true);
-
-    assert.equal(applyEvent(state, click('new-user', T0 + 1, 'page_view'), 2), 'late');
-    assert.equal(applyEvent(state, click('a', T1 - 1), 3), 'late');
-
-    const after = onlyRow(state, T0);
-    assert.deepEqual(
-      { users: after.uniqueUsers, views: after.pageViews, events: after.events },
-      { users: 1, views: 1, events: 1 },
+    applyAll(
+      state,
+      [click('a', T0, 'click', 'e1'), click('b', T0), click('c', T1 + LATENESS_MS)],
+      0,
     );
-    assert.equal(after.firstOffset, before.firstOffset);
+    const written = flush(state);
+    const closing = written.memberships
+      .filter((_, i) => written.rows[i]?.membershipStored)
+      .map((m) => {
+        const users: string[] = [];
+        m.users.forEach((arena, start, end) => {
+          users.push(Buffer.from(arena.subarray(start, end)).toString());
+        });
+        return { start: m.windowStart, users: users.sort(), ids: m.eventIds.size };
+      });
+    assert.deepEqual(closing, [{ start: T0, users: ['a', 'b'], ids: 2 }]);
+    assert.equal(state.openWindows, 1, 'only T1 stays in memory');
+    assert.deepEqual(state.snapshot().rows, [], 'nothing left to write');
   });
 
-  test('an event for a window already evicted is late and does not bring the window back', () => {
+  test('an event for a closed window is kept for the flush, never late, and the window stays closed', () => {
     const state = windows();
     applyAll(state, [click('a', T0), click('b', T1 + LATENESS_MS)], 0);
     flush(state);
-    assert.equal(state.openWindows, 1, 'the final window is evicted');
-
-    assert.equal(applyEvent(state, click('c', T0 + 10), 2), 'late');
-    assert.equal(state.openWindows, 1);
-    assert.deepEqual(state.snapshotDirty(), []);
+    assert.equal(applyEvent(state, click('c', T0 + 10, 'page_view', 'late-1'), 2), 'closed window');
+    assert.equal(applyEvent(state, click('d', T0 - 2 * 86_400_000), 3, T1), 'closed window');
+    assert.equal(state.openWindows, 1, 'no closed window came back into memory');
+    assert.equal(state.heldEventIds, 1 + 2, 'T1 in memory, and the two events waiting');
+    const written = flush(state);
+    assert.deepEqual(
+      written.closedWindowEvents.map((e) => [e.windowStart, e.events, e.isFinal]),
+      [
+        [T0, 1, true],
+        [T0 - 2 * 86_400_000, 1, true],
+      ],
+    );
+    const part = written.closedWindowEvents[0]?.parts[0];
+    assert.deepEqual(
+      unpackStrings(part?.eventIds ?? { bytes: new Uint8Array(), ends: new Uint32Array() }),
+      ['late-1'],
+    );
+    assert.equal(state.heldEventIds, 1, 'handed to the flush');
   });
 
-  test('an event for an old window that never existed is late', () => {
+  test('events for closed windows go back for the next flush when a write fails', () => {
     const state = windows();
-    applyEvent(state, click('a', T2 + LATENESS_MS), 0);
-    assert.equal(applyEvent(state, click('b', T0), 1), 'late');
-    assert.equal(applyEvent(state, click('b', T1 - 1), 2), 'late');
-    assert.equal(state.openWindows, 1);
-    assert.deepEqual(
-      state.snapshotDirty().map((row) => row.windowStart),
-      [T2],
-    );
+    applyAll(state, [click('a', T0), click('b', T1 + LATENESS_MS)], 0);
+    flush(state);
+    applyEvent(state, click('c', T0 + 10), 2);
+    const failed = state.snapshot();
+    applyEvent(state, click('d', T0 + 20), 3);
+    state.restore(failed);
+    assert.equal(state.heldEventIds, 1 + 2);
+    const retried = flush(state);
+    assert.equal(retried.closedWindowEvents[0]?.events, 2);
+    assert.equal(retried.closedWindowEvents.length, 1);
+  });
+
+  test("a future-stamped event opens its own window but closes no one else's", () => {
+    const state = windows();
+    applyEvent(state, click('early', T0 + 5_000), 0);
+    // Stamped 4 minutes ahead of when it was received.
+    applyEvent(state, click('fast-clock', T0 + 6_000 + 4 * WINDOW_MS), 1, T0 + 6_000);
+    assert.equal(state.watermark, T0 + 6_000);
+    assert.equal(applyEvent(state, click('on-time', T0 + 7_000), 2), 'in memory');
+    assert.ok(state.closedThrough < T0);
   });
 
   test('an out-of-order event does not move the watermark back', () => {
     const state = windows();
     applyEvent(state, click('a', T2 + LATENESS_MS), 0);
-    assert.equal(applyEvent(state, click('b', T2), 1), 'counted');
-    // T1 is past its lateness against the highest event time seen, whatever came after it.
-    assert.equal(applyEvent(state, click('c', T1), 2), 'late');
+    assert.equal(applyEvent(state, click('b', T2), 1), 'in memory');
+    assert.equal(state.watermark, T2 + LATENESS_MS);
+    assert.equal(applyEvent(state, click('c', T1), 2), 'closed window');
   });
 
-  test('late events do not move the watermark', () => {
+  test('closeThrough closes every window in memory up to a start; later events take the closed path', () => {
     const state = windows();
-    applyAll(state, [click('a', T0), click('b', T1 + LATENESS_MS)], 0);
-    // A late event far in the past, then one just inside T1's lateness: still counted.
-    applyEvent(state, click('c', T0 - 10 * WINDOW_MS), 2);
-    assert.equal(applyEvent(state, click('d', T1), 3), 'counted');
-  });
-});
-
-describe('PartitionWindows: events with an event_id', () => {
-  /** One batch of `events` at consecutive offsets from `first`; returns what merge skipped. */
-  function mergeBatch(state: PartitionWindows, events: object[], first: number): number {
-    const packed = packRecords(
-      events.map((event, i) => ({
-        offset: first + i,
-        timestampMs: T0,
-        value: Buffer.from(JSON.stringify(event)),
-      })),
+    applyAll(state, [click('a', T0), click('b', T1), click('c', T2)], 0);
+    state.closeThrough(T1);
+    assert.equal(state.closedThrough, T1);
+    const rows = rowsByStart(state);
+    assert.deepEqual(
+      [...rows.values()].map((r) => [r.windowStart, r.membershipStored, r.isFinal]),
+      [
+        [T0, true, true], // the watermark (T2) is past T0's end plus the lateness
+        [T1, true, false],
+        [T2, false, false],
+      ],
     );
-    const result = aggregateBatch(state.batchInput(packed));
-    assert.deepEqual(result.invalid, []);
-    return state.merge(result, first + events.length - 1);
-  }
-
-  test('an event_id counted in an earlier batch is not counted again in its window', () => {
-    const state = windows();
-    const e1 = { ...click('a', T0, 'page_view'), event_id: 'e1' };
-    assert.equal(mergeBatch(state, [e1, click('b', T0 + 1)], 0), 0);
-    // The same event again (a producer retry or a client resend), then a new one from a new user.
-    assert.equal(mergeBatch(state, [e1, { ...click('c', T0 + 2), event_id: 'e2' }], 2), 1);
-    const row = onlyRow(state, T0);
-    assert.deepEqual([row.uniqueUsers, row.events, row.pageViews, row.throughOffset], [3, 3, 1, 3]);
-    assert.equal(state.heldEventIds, 2);
-    assert.equal(state.heldUsers, 3);
-  });
-
-  test('the same event_id in another window is another event', () => {
-    const state = windows();
-    mergeBatch(state, [{ ...click('a', T0), event_id: 'e1' }], 0);
-    assert.equal(mergeBatch(state, [{ ...click('a', T1), event_id: 'e1' }], 1), 0);
-    assert.equal(onlyRow(state, T0).events, 1);
-    assert.equal(onlyRow(state, T1).events, 1);
-  });
-
-  test('a window dropped after its final row takes its event ids with it', () => {
-    const state = windows();
-    mergeBatch(state, [{ ...click('a', T0), event_id: 'e1' }], 0);
-    mergeBatch(state, [{ ...click('b', T2), event_id: 'e2' }], 1);
     flush(state);
-    assert.equal(state.heldEventIds, 1, 'only the open window T2 keeps its ids');
+    assert.equal(state.openWindows, 1);
+    assert.equal(applyEvent(state, click('d', T0), 3), 'closed window');
+    // The closed window's row becomes final when the watermark passes it.
+    applyEvent(state, click('e', T2 + LATENESS_MS), 4);
+    assert.deepEqual(flush(state).finals, [T1]);
+    assert.deepEqual(flush(state).finals, [], 'written once');
+  });
+
+  test('a window that closes between snapshot and settle stays, and is written with its membership next', () => {
+    const state = windows();
+    applyEvent(state, click('a', T0), 0);
+    const first = state.snapshot();
+    applyEvent(state, click('b', T1 + LATENESS_MS), 1);
+    state.settle(first);
+    assert.equal(state.openWindows, 2);
+    const next = state.snapshot();
+    assert.equal(next.rows.find((r) => r.windowStart === T0)?.membershipStored, true);
+    assert.deepEqual(
+      next.rows.filter((r) => r.membershipStored).map((r) => r.windowStart),
+      [T0],
+    );
   });
 });
 
 describe('PartitionWindows: idle partitions', () => {
-  const IDLE_MS = 5000;
-  /** Wall-clock time long after T0's window closed: only idleness keeps it open. */
-  const LATER = T0 + 10 * WINDOW_MS;
+  const IDLE_MS = 10_000;
+  const FRESH_MS = 8_000;
 
-  test('an idle partition with nothing left to read lets wall-clock time finalize its windows', () => {
+  /** A partition with T0 in memory, and what is final before any idleness. */
+  function idleState(): { state: PartitionWindows; before: number } {
     const state = windows();
     applyEvent(state, click('a', T0), 0);
-    state.restartIdleClock(LATER);
-    state.finalizeIdle(LATER + IDLE_MS - 1, IDLE_MS);
-    assert.equal(onlyRow(state, T0).isFinal, false, 'not idle for long enough yet');
-    state.finalizeIdle(LATER + IDLE_MS, IDLE_MS);
+    return { state, before: state.finalThrough };
+  }
+
+  test('caught up (a fresh look at the end offsets shows nothing unread) and quiet: the clock closes windows', () => {
+    const { state, before } = idleState();
+    assert.ok(before < T0);
+    const quietSince = Date.now();
+    state.noteEnd(1, quietSince + IDLE_MS);
+    state.finalizeIdle(quietSince + IDLE_MS + 1, IDLE_MS, FRESH_MS);
+    assert.ok(state.finalThrough >= T0);
     assert.equal(onlyRow(state, T0).isFinal, true);
   });
 
-  test('a partition with a backlog is behind, not idle: its windows stay open', () => {
-    const state = windows();
-    applyEvent(state, click('a', T0), 0);
-    state.noteBacklog(250);
-    state.restartIdleClock(LATER);
-    state.finalizeIdle(LATER + 100 * IDLE_MS, IDLE_MS);
-    assert.equal(onlyRow(state, T0).isFinal, false);
-    // Caught up again: now silence is idleness.
-    state.noteBacklog(0);
-    state.finalizeIdle(LATER + 100 * IDLE_MS, IDLE_MS);
-    assert.equal(onlyRow(state, T0).isFinal, true);
+  test('no look at the end offsets, or a stale one: nothing closes by the clock', () => {
+    const { state, before } = idleState();
+    const later = Date.now() + IDLE_MS + 60_000;
+    state.finalizeIdle(later, IDLE_MS, FRESH_MS);
+    assert.equal(state.finalThrough, before, 'no look');
+    state.noteEnd(1, later - FRESH_MS - 1);
+    state.finalizeIdle(later, IDLE_MS, FRESH_MS);
+    assert.equal(state.finalThrough, before, 'a look too old');
   });
 
-  test('restarting the idle clock (after a pause) delays finality by a whole idle period', () => {
-    const state = windows();
-    applyEvent(state, click('a', T0), 0);
-    state.restartIdleClock(LATER);
-    state.finalizeIdle(LATER + IDLE_MS - 1, IDLE_MS);
-    state.restartIdleClock(LATER + IDLE_MS - 1);
-    state.finalizeIdle(LATER + IDLE_MS, IDLE_MS);
-    assert.equal(onlyRow(state, T0).isFinal, false);
-    state.finalizeIdle(LATER + 2 * IDLE_MS - 1, IDLE_MS);
-    assert.equal(onlyRow(state, T0).isFinal, true);
+  test('records unread at the broker (a stalled or frozen consumer): nothing closes by the clock', () => {
+    const { state, before } = idleState();
+    const later = Date.now() + IDLE_MS + 1;
+    state.noteEnd(5, later);
+    state.finalizeIdle(later + 1, IDLE_MS, FRESH_MS);
+    assert.equal(state.finalThrough, before);
+  });
+
+  test('a backlog in the newest batch: behind, not idle', () => {
+    const { state, before } = idleState();
+    state.noteBacklog(10);
+    const later = Date.now() + IDLE_MS + 1;
+    state.noteEnd(1, later);
+    state.finalizeIdle(later + 1, IDLE_MS, FRESH_MS);
+    assert.equal(state.finalThrough, before);
+  });
+
+  test('restarting the idle clock (after a pause) forgets the last look', () => {
+    const { state, before } = idleState();
+    const later = Date.now() + IDLE_MS + 1;
+    state.noteEnd(1, later);
+    state.restartIdleClock(later);
+    state.finalizeIdle(later + IDLE_MS + 1, IDLE_MS, FRESH_MS);
+    assert.equal(state.finalThrough, before);
   });
 });
 
@@ -322,260 +367,63 @@ describe('PartitionWindows: snapshots and settling', () => {
   test('a snapshot holds only windows changed since the last settle, with cumulative figures', () => {
     const state = windows();
     applyAll(state, [click('a', T0), click('b', T1)], 0);
-    assert.equal(flush(state).length, 2);
-
-    applyAll(state, [click('c', T1, 'page_view'), click('b', T1)], 2);
-    const rows = state.snapshotDirty();
-    assert.deepEqual(rows, [
-      {
-        windowStart: T1,
-        windowSeconds: 60,
-        partition: 3,
-        uniqueUsers: 2,
-        pageViews: 1,
-        events: 3,
-        firstOffset: 1,
-        throughOffset: 3,
-        watermark: T1,
-        isFinal: false,
-      },
-    ]);
-  });
-
-  test('nothing is dirty once everything was settled', () => {
-    const state = windows();
-    applyAll(state, [click('a', T0), click('b', T1)], 0);
     flush(state);
-    assert.deepEqual(state.snapshotDirty(), []);
-  });
-
-  test('a snapshot does not clean anything by itself', () => {
-    const state = windows();
-    applyEvent(state, click('a', T0), 0);
-    state.snapshotDirty();
-    assert.equal(state.snapshotDirty().length, 1);
+    applyEvent(state, click('c', T1), 2);
+    const rows = state.snapshot().rows;
+    assert.deepEqual(
+      rows.map((r) => [r.windowStart, r.uniqueUsers, r.events, r.throughOffset]),
+      [[T1, 2, 2, 2]],
+    );
   });
 
   test('a window changed between snapshot and settle stays dirty', () => {
     const state = windows();
-    applyAll(state, [click('a', T0), click('b', T1)], 0);
-    const rows = state.snapshotDirty();
-    // Consumed while the rows were being written.
-    applyEvent(state, click('c', T0 + 1), 2);
-    state.settle(rows);
-
-    const next = state.snapshotDirty();
-    assert.deepEqual(
-      next.map((row) => [row.windowStart, row.uniqueUsers, row.events, row.throughOffset]),
-      [[T0, 2, 2, 2]],
-    );
-  });
-
-  test('a window that became final between snapshot and settle stays and is written as final', () => {
-    const state = windows();
     applyEvent(state, click('a', T0), 0);
-    const rows = state.snapshotDirty();
-    assert.equal(rows[0]?.isFinal, false);
-    applyEvent(state, click('b', T1 + LATENESS_MS), 1);
-    state.settle(rows);
-
-    assert.equal(state.openWindows, 2, 'not evicted before its final figures are written');
-    const row = onlyRow(state, T0);
-    assert.equal(row.isFinal, true);
-    assert.equal(row.events, 1);
-  });
-
-  test('final windows are evicted after their final row is settled', () => {
-    const state = windows();
-    applyAll(state, [click('a', T0), click('b', T0), click('c', T2 + LATENESS_MS)], 0);
-    assert.equal(state.openWindows, 2);
-    assert.equal(state.heldUsers, 3);
-
-    const rows = flush(state);
-    assert.deepEqual(
-      rows.map((row) => [row.windowStart, row.isFinal]),
-      [
-        [T0, true],
-        [T2, false],
-      ],
-    );
-    assert.equal(state.openWindows, 1);
-    assert.equal(state.heldUsers, 1);
-  });
-
-  test('settling rows of a failed or stale snapshot never loses an update', () => {
-    const state = windows();
-    applyEvent(state, click('a', T0), 0);
-    const stale = state.snapshotDirty();
+    const first = state.snapshot();
     applyEvent(state, click('b', T0), 1);
-    state.settle(stale);
-    state.settle(stale);
+    state.settle(first);
     assert.equal(onlyRow(state, T0).events, 2);
   });
 
-  test('settling an empty snapshot or rows of unknown windows is harmless', () => {
-    const state = windows();
-    applyEvent(state, click('a', T0), 0);
-    state.settle([]);
-    state.settle([{ ...onlyRow(state, T0), windowStart: T2 }]);
-    assert.equal(onlyRow(state, T0).events, 1);
+  test('nothing is written during a replay; the replay ends at the checkpoint', () => {
+    const state = new PartitionWindows(3, WINDOW_MS, LATENESS_MS, MAX_AGE_MS, {
+      resumeFrom: 10,
+      replayFrom: 5,
+      openWindows: [T0],
+      closedOpenWindows: [],
+      closedThrough: Number.NEGATIVE_INFINITY,
+      finalThrough: Number.NEGATIVE_INFINITY,
+      legacyFinalThrough: Number.NEGATIVE_INFINITY,
+      watermark: T0 + 1,
+      epoch: 1,
+    });
+    applyEvent(state, click('a', T0), 5);
+    assert.equal(state.isReplaying, true);
+    assert.deepEqual(state.snapshot().rows, []);
+    state.closeThrough(T0);
+    assert.equal(state.closedThrough, Number.NEGATIVE_INFINITY, 'nothing closes mid-replay');
+    advance(state, 9);
+    assert.equal(state.isReplaying, false);
+    assert.equal(onlyRow(state, T0).throughOffset, 9);
   });
 });
 
 describe('PartitionWindows: offsets', () => {
-  test('throughOffset starts at -1 and follows every consumed record', () => {
+  test('throughOffset starts at -1 and follows every consumed record, never backwards', () => {
     const state = windows();
     assert.equal(state.throughOffset, -1);
-    applyEvent(state, click('a', T0), 0);
-    assert.equal(state.throughOffset, 0);
-    advance(state, 1);
-    advance(state, 2);
-    assert.equal(state.throughOffset, 2);
-  });
-
-  test('advance() for skipped records moves throughOffset in the next snapshot rows', () => {
-    const state = windows();
-    applyEvent(state, click('a', T0), 10);
-    advance(state, 11);
-    advance(state, 12);
-    applyEvent(state, click('b', T0), 13);
-    advance(state, 14);
-    assert.equal(onlyRow(state, T0).throughOffset, 14);
-  });
-
-  test('late events move throughOffset too', () => {
-    const state = windows();
-    applyAll(state, [click('a', T0), click('b', T2)], 0);
-    assert.equal(applyEvent(state, click('c', T0), 7), 'late');
-    assert.equal(state.throughOffset, 7);
-  });
-
-  test('throughOffset never moves backwards', () => {
-    const state = windows();
+    applyEvent(state, click('a', T0), 4);
     advance(state, 9);
-    advance(state, 4);
-    applyEvent(state, click('a', T0), 5);
     assert.equal(state.throughOffset, 9);
+    advance(state, 3);
+    assert.equal(state.throughOffset, 9);
+    assert.equal(onlyRow(state, T0).throughOffset, 9);
   });
 
   test('firstOffset is the offset of the first event counted in the window', () => {
     const state = windows();
     advance(state, 0);
-    advance(state, 1);
-    applyAll(state, [click('a', T1), click('b', T0), click('c', T0), click('d', T1)], 2);
-    assert.equal(onlyRow(state, T1).firstOffset, 2);
-    assert.equal(onlyRow(state, T0).firstOffset, 3);
+    applyAll(state, [click('a', T0), click('b', T0)], 1);
+    assert.equal(onlyRow(state, T0).firstOffset, 1);
   });
 });
-
-describe('PartitionWindows: random streams against a simple model', () => {
-  test('the rows written by repeated flushes equal the exact figures of the counted events', () => {
-    for (let seed = 1; seed <= 30; seed++) checkAgainstModel(seed);
-  });
-});
-
-/**
- * Feeds a random, partly out-of-order stream with random flushes (some interleaved with new
- * events, some failing), keeps the rows a fenced upsert would keep, and compares them with figures
- * computed directly from the events the model says are on time.
- */
-function checkAgainstModel(seed: number): void {
-  const random = seededRandom(seed);
-  const latenessMs = Math.floor(random() * 3) * 5000;
-  const state = windows(latenessMs);
-  const written = new Map<number, WindowRow>();
-  const model = new Map<
-    number,
-    { users: Set<string>; events: number; pageViews: number; firstOffset: number }
-  >();
-  let watermark = Number.NEGATIVE_INFINITY;
-  let clock = T0;
-
-  const write = (rows: readonly WindowRow[]): void => {
-    for (const row of rows) {
-      const previous = written.get(row.windowStart);
-      assert.ok(previous === undefined || previous.throughOffset <= row.throughOffset);
-      assert.ok(previous?.isFinal !== true, `seed ${seed}: a final row was rewritten`);
-      written.set(row.windowStart, row);
-    }
-  };
-
-  for (let offset = 0; offset < 2000; offset++) {
-    clock += Math.floor(random() * 400);
-    if (random() < 0.05) {
-      advance(state, offset);
-    } else {
-      // Mostly near the clock; sometimes a minute or more behind it.
-      const skew =
-        random() < 0.1 ? Math.floor(random() * 3 * WINDOW_MS) : Math.floor(random() * 3000);
-      const event = click(
-        `u${Math.floor(random() * 40)}`,
-        clock - skew,
-        random() < 0.4 ? 'page_view' : 'click',
-      );
-      const start = windowStartOf(event.timestamp, state.windowMs);
-      const expectLate = watermark >= start + WINDOW_MS + latenessMs;
-      const outcome = applyEvent(state, event, offset);
-      assert.equal(outcome, expectLate ? 'late' : 'counted', `seed ${seed} offset ${offset}`);
-      if (!expectLate) {
-        watermark = Math.max(watermark, event.timestamp);
-        let figures = model.get(start);
-        if (figures === undefined) {
-          figures = { users: new Set(), events: 0, pageViews: 0, firstOffset: offset };
-          model.set(start, figures);
-        }
-        figures.users.add(event.user_id);
-        figures.events++;
-        if (event.activity_type === 'page_view') figures.pageViews++;
-      }
-    }
-    const roll = random();
-    if (roll < 0.03) {
-      write(flush(state));
-    } else if (roll < 0.05) {
-      // A flush while more records arrive before the write completes.
-      const rows = state.snapshotDirty();
-      assert.equal(applyEvent(state, click('late-comer', clock), ++offset), 'counted');
-      const start = windowStartOf(clock, state.windowMs);
-      watermark = Math.max(watermark, clock);
-      const figures = model.get(start) ?? {
-        users: new Set<string>(),
-        events: 0,
-        pageViews: 0,
-        firstOffset: offset,
-      };
-      figures.users.add('late-comer');
-      figures.events++;
-      model.set(start, figures);
-      write(rows);
-      state.settle(rows);
-    } else if (roll < 0.06) {
-      // A failed write: the rows are neither written nor settled.
-      state.snapshotDirty();
-    }
-  }
-  write(flush(state));
-  assert.deepEqual(state.snapshotDirty(), [], `seed ${seed}: dirty after the last flush`);
-
-  assert.deepEqual([...written.keys()].sort(), [...model.keys()].sort(), `seed ${seed}: windows`);
-  for (const [start, figures] of model) {
-    const row = written.get(start) as WindowRow;
-    assert.deepEqual(
-      {
-        uniqueUsers: row.uniqueUsers,
-        events: row.events,
-        pageViews: row.pageViews,
-        firstOffset: row.firstOffset,
-        isFinal: row.isFinal,
-      },
-      {
-        uniqueUsers: figures.users.size,
-        events: figures.events,
-        pageViews: figures.pageViews,
-        firstOffset: figures.firstOffset,
-        isFinal: watermark >= start + WINDOW_MS + latenessMs,
-      },
-      `seed ${seed}: window ${new Date(start).toISOString()}`,
-    );
-  }
-}

@@ -1,4 +1,10 @@
-import type { BatchInput, BatchResult, PackedRecords } from './batch-aggregator.js';
+import {
+  type BatchInput,
+  type BatchResult,
+  type PackedRecords,
+  type WindowPartial,
+  windowStartOf,
+} from './batch-aggregator.js';
 import { ByteStringSet } from './byte-string-set.js';
 import type { PartitionCheckpoint } from './partition-recovery.js';
 
@@ -18,62 +24,153 @@ export interface WindowRow {
   /** The partition's event-time watermark at `throughOffset` (restored on assignment). */
   watermark: number;
   isFinal: boolean;
+  /** The window is closing: its membership is written with this row, and it leaves memory. */
+  membershipStored: boolean;
+}
+
+/**
+ * The users and event ids of a window held in memory: written beside its row when it closes, or
+ * when PostgreSQL turns out to hold the window closed already (another instance closed it).
+ */
+export interface WindowMembership {
+  windowStart: number;
+  users: ByteStringSet;
+  eventIds: ByteStringSet;
+  /** The users as of the snapshot: the set's first `userCount` entries. */
+  userCount: number;
+  /**
+   * 1 where the event id at the same position (in the set's insertion order) is a page view; its
+   * length is the number of event ids as of the snapshot.
+   */
+  pageViews: Uint8Array;
+}
+
+/**
+ * Events for a window that is closed (its membership stored): counted at the flush, in SQL,
+ * for those of their ids and users the stored membership does not hold yet.
+ */
+export interface ClosedWindowEvents {
+  windowStart: number;
+  firstOffset: number;
+  isFinal: boolean;
+  /** The batches' lists, as the worker returned them (each id once per list, not across lists). */
+  parts: WindowPartial[];
+  events: number;
+}
+
+/** What one flush writes for one partition. */
+export interface PartitionFlush {
+  partition: number;
+  /** The ownership epoch the state was built under: written only while it is still current. */
+  epoch: number;
+  windowSeconds: number;
+  throughOffset: number;
+  watermark: number;
+  /** Cumulative figures of the windows held in memory that changed (closing ones included). */
+  rows: WindowRow[];
+  /** The membership of each of `rows`, by position (sets shared with memory, not copies). */
+  memberships: WindowMembership[];
+  /** Events for closed windows. */
+  closedWindowEvents: ClosedWindowEvents[];
+  /** Closed windows that have become final since their last write. */
+  finals: number[];
 }
 
 interface WindowAggregate {
   /** The window's distinct user ids, as UTF-8 bytes (see `byte-string-set.ts`). */
   users: ByteStringSet;
-  /** The `event_id`s counted in this window: an event seen again is not counted twice. */
+  /** The ids of the events counted in this window: an event seen again is not counted twice. */
   eventIds: ByteStringSet;
+  /** Per event id, in insertion order: 1 for a page view. */
+  pageViewFlags: Uint8Array;
   events: number;
   pageViews: number;
   firstOffset: number;
   dirty: boolean;
-  final: boolean;
+  /** Being written with its membership, then dropped: nothing is merged into it any more. */
+  closing: boolean;
 }
 
 /**
- * The open event-time windows of one partition: exact user sets and counts.
+ * The windows of one partition: the recent ones in memory with exact user and event-id sets,
+ * the older ones closed, their membership stored in PostgreSQL.
  *
- * Windows are tumbling, `windowMs` long and aligned to the epoch. The partition's watermark is
- * the highest event time seen; a window is final once the watermark passes its end plus the
- * allowed lateness, or, when the partition is idle, once wall-clock time does. Which records are
- * late is decided per record in `batch-aggregator.ts` from the state this class hands it.
+ * Windows are tumbling, `windowMs` long and aligned to the epoch. A window *closes* — its
+ * membership and figures are written in one transaction and it leaves memory — when it becomes
+ * final (the partition's watermark passes its end plus the allowed lateness, or, for a partition
+ * idle and caught up, wall-clock time does), or earlier when memory runs short (`closeThrough`).
+ * Closing is for memory, not correctness: an event for a closed window is still counted, through
+ * the stored membership, at the next flush (`ClosedWindowEvents`). Windows close oldest first, so
+ * the closed ones are always a prefix: every window starting at or before `closedThrough`.
  *
  * After an assignment the state starts from the partition's checkpoint in PostgreSQL: records up
- * to the checkpoint are replayed only to rebuild the windows that were still open.
+ * to the checkpoint are replayed only to rebuild the windows that were still in memory.
  */
 export class PartitionWindows {
   private readonly windows = new Map<number, WindowAggregate>();
   private currentWatermark: number;
-  /** Every window starting at or before this is final (written, or about to be, and dropped). */
-  private finalStartsThrough: number;
+  /** Every window starting at or before this is closed: in PostgreSQL, or closing. */
+  private closedThroughStart: number;
+  /** Every window starting at or before this is final. */
+  private finalThroughStart: number;
+  /** Windows closed before this version stored membership: they take no more events. */
+  readonly legacyFinalThrough: number;
+  /** Closed windows that are not final yet: their rows become final when the watermark passes. */
+  private readonly closedOpen = new Set<number>();
+  /** Closed windows that became final since their rows were last written. */
+  private readonly newlyFinal = new Set<number>();
+  /**
+   * Windows PostgreSQL holds open (the checkpoint's), not rebuilt in memory yet: rebuilt whatever
+   * `closedThrough` says, so that an open row below a closed one (rows written before membership
+   * was stored) is still rebuilt and closed rather than counted around.
+   */
+  private readonly toRebuild: Set<number>;
+  /** Events for closed windows, counted at the next flush. */
+  private closedEvents = new Map<number, ClosedWindowEvents>();
+  private closedEventCount = 0;
   private consumedThrough: number;
   private readonly replayUntil: number;
   private replaying: Float64Array;
   private lastRecordWallMs = Date.now();
   /** Records behind the partition's end as of the newest batch: a partition with any is not idle. */
   private backlog = 0;
+  /** When the broker's end offsets last showed nothing unread past what was consumed. */
+  private caughtUpAtMs: number | undefined;
+
+  /** The ownership epoch this state was claimed under (`claimPartition`). */
+  readonly epoch: number;
 
   constructor(
     readonly partition: number,
     readonly windowMs: number,
     readonly allowedLatenessMs: number,
+    readonly maxAgeMs: number,
     checkpoint?: PartitionCheckpoint,
   ) {
+    this.epoch = checkpoint?.epoch ?? 0;
     this.currentWatermark = checkpoint?.watermark ?? Number.NEGATIVE_INFINITY;
-    this.finalStartsThrough = checkpoint?.finalThrough ?? Number.NEGATIVE_INFINITY;
+    this.closedThroughStart = checkpoint?.closedThrough ?? Number.NEGATIVE_INFINITY;
+    this.finalThroughStart = checkpoint?.finalThrough ?? Number.NEGATIVE_INFINITY;
+    this.legacyFinalThrough = checkpoint?.legacyFinalThrough ?? Number.NEGATIVE_INFINITY;
+    for (const start of checkpoint?.closedOpenWindows ?? []) this.closedOpen.add(start);
     this.replayUntil = (checkpoint?.resumeFrom ?? 0) - 1;
     this.consumedThrough = (checkpoint?.replayFrom ?? 0) - 1;
     this.replaying = Float64Array.from(checkpoint?.openWindows ?? []);
+    this.toRebuild = new Set(checkpoint?.openWindows ?? []);
   }
 
   get watermark(): number {
     return this.currentWatermark;
   }
 
+  /** Every window starting at or before this is closed (counted through stored membership). */
+  get closedThrough(): number {
+    return this.closedThroughStart;
+  }
+
+  /** Every window starting at or before this is final. */
   get finalThrough(): number {
-    return this.finalStartsThrough;
+    return this.finalThroughStart;
   }
 
   /** Records at or below this offset are being replayed (already reflected in PostgreSQL). */
@@ -100,18 +197,27 @@ export class PartitionWindows {
     return this.windows.size;
   }
 
-  /** User ids held across this partition's windows. */
+  /** User ids held: in the windows in memory, and one per event waiting for a closed window. */
   get heldUsers(): number {
-    let total = 0;
+    let total = this.closedEventCount;
     for (const window of this.windows.values()) total += window.users.size;
     return total;
   }
 
-  /** Event ids held across this partition's windows (for de-duplication). */
+  /** Event ids held: in the windows in memory, and one per event waiting for a closed window. */
   get heldEventIds(): number {
-    let total = 0;
+    let total = this.closedEventCount;
     for (const window of this.windows.values()) total += window.eventIds.size;
     return total;
+  }
+
+  /** Windows in memory that are not closing yet, with the ids each holds (oldest first). */
+  liveWindows(): Array<{ start: number; ids: number }> {
+    const live: Array<{ start: number; ids: number }> = [];
+    for (const [start, window] of this.windows) {
+      if (!window.closing) live.push({ start, ids: window.users.size + window.eventIds.size });
+    }
+    return live.sort((a, b) => a.start - b.start);
   }
 
   /** The worker input for a batch of this partition: its records plus the state they need. */
@@ -120,9 +226,9 @@ export class PartitionWindows {
       partition: this.partition,
       ...packed,
       windowMs: this.windowMs,
-      allowedLatenessMs: this.allowedLatenessMs,
+      maxAgeMs: this.maxAgeMs,
       watermarkIn: this.currentWatermark,
-      finalThrough: this.finalStartsThrough,
+      legacyFinalThrough: this.legacyFinalThrough,
       replayThrough: this.replayThrough,
       replayWindows: this.replaying,
     };
@@ -130,44 +236,57 @@ export class PartitionWindows {
 
   /**
    * Merges a batch's partial figures; the partition is now consumed through `lastOffset`.
-   * Returns how many identified events were skipped because their window had counted their
-   * `event_id` already (in an earlier batch; the worker skips repeats within its batch).
+   * Returns how many events were skipped because their window had counted their id already (in
+   * an earlier batch; the worker skips repeats within its batch), and how many went to closed
+   * windows.
    */
-  merge(result: BatchResult, lastOffset: number): number {
+  merge(result: BatchResult, lastOffset: number): { duplicates: number; closed: number } {
     let duplicates = 0;
+    let closed = 0;
     for (const partial of result.windows) {
       let window = this.windows.get(partial.start);
+      if (window?.closing) {
+        // Being written with its membership: what comes now is counted through that membership.
+        closed += this.addClosedWindowEvents(partial);
+        continue;
+      }
       if (window === undefined) {
+        const rebuild = this.toRebuild.delete(partial.start);
+        if (!rebuild && partial.start <= this.closedThroughStart) {
+          closed += this.addClosedWindowEvents(partial);
+          continue;
+        }
         window = {
-          users: new ByteStringSet(partial.users.ends.length + partial.eventIdUsers.ends.length),
+          users: new ByteStringSet(partial.eventIdUsers.ends.length),
           eventIds: new ByteStringSet(partial.eventIds.ends.length),
+          pageViewFlags: new Uint8Array(Math.max(16, partial.eventIds.ends.length)),
           events: 0,
           pageViews: 0,
           firstOffset: partial.firstOffset,
           dirty: true,
-          final: false,
+          closing: false,
         };
         this.windows.set(partial.start, window);
       } else if (partial.firstOffset < window.firstOffset) {
         window.firstOffset = partial.firstOffset;
       }
-      const { users, eventIds, eventIdUsers, eventIdPageViews } = partial;
-      let userStart = 0;
-      for (const userEnd of users.ends) {
-        window.users.add(users.bytes, userStart, userEnd);
-        userStart = userEnd;
-      }
-      window.events += partial.events;
-      window.pageViews += partial.pageViews;
+      const { eventIds, eventIdUsers, eventIdPageViews } = partial;
       let idStart = 0;
-      userStart = 0;
+      let userStart = 0;
       for (let i = 0; i < eventIds.ends.length; i++) {
         const idEnd = eventIds.ends[i] as number;
         const userEnd = eventIdUsers.ends[i] as number;
         if (window.eventIds.add(eventIds.bytes, idStart, idEnd)) {
           window.users.add(eventIdUsers.bytes, userStart, userEnd);
+          const pageView = eventIdPageViews[i] as number;
+          if (window.events === window.pageViewFlags.length) {
+            const grown = new Uint8Array(window.pageViewFlags.length * 2);
+            grown.set(window.pageViewFlags);
+            window.pageViewFlags = grown;
+          }
+          window.pageViewFlags[window.events] = pageView;
           window.events++;
-          window.pageViews += eventIdPageViews[i] as number;
+          window.pageViews += pageView;
         } else {
           duplicates++;
         }
@@ -183,11 +302,28 @@ export class PartitionWindows {
     this.lastRecordWallMs = Date.now();
     if (result.watermarkOut > this.currentWatermark) {
       this.currentWatermark = result.watermarkOut;
-      this.markFinal(
-        (start) => this.currentWatermark >= this.endOf(start) + this.allowedLatenessMs,
-      );
+      this.finalizeThrough(this.lastStartPast(this.currentWatermark));
     }
-    return duplicates;
+    return { duplicates, closed };
+  }
+
+  private addClosedWindowEvents(partial: WindowPartial): number {
+    const count = partial.eventIds.ends.length;
+    let pending = this.closedEvents.get(partial.start);
+    if (pending === undefined) {
+      pending = {
+        windowStart: partial.start,
+        firstOffset: partial.firstOffset,
+        isFinal: false,
+        parts: [],
+        events: 0,
+      };
+      this.closedEvents.set(partial.start, pending);
+    }
+    pending.parts.push(partial);
+    pending.events += count;
+    this.closedEventCount += count;
+    return count;
   }
 
   /** Records left to read behind the newest batch (its high watermark minus its last offset). */
@@ -196,39 +332,81 @@ export class PartitionWindows {
   }
 
   /**
+   * What the broker's end offsets (read at `observedAtMs`) say: whether anything is unread past
+   * what was consumed. Only a look that shows nothing unread lets the clock close windows.
+   */
+  noteEnd(high: number, observedAtMs: number): void {
+    // One offset past the last consumed is a transaction's commit marker at most.
+    const unread = high - (this.consumedThrough + 1);
+    this.caughtUpAtMs = unread <= 1 ? observedAtMs : undefined;
+  }
+
+  /**
    * Starts the idle clock again: consumption resumed after a pause, and records that were waiting
    * meanwhile are about to arrive.
    */
   restartIdleClock(nowMs: number): void {
     this.lastRecordWallMs = nowMs;
+    this.caughtUpAtMs = undefined;
   }
 
   /**
-   * An idle partition (no records for `idleAfterMs`, and none left to read) lets wall-clock time
-   * finalize its windows, so that a window's figures become final even when no later event
-   * arrives to move the watermark. Not during a replay: those windows' records are still being
-   * read. A partition with a backlog is not idle but behind: its records are on their way, and
-   * closing their windows by the clock would turn them late (the caller also skips this while
-   * consumption is paused).
+   * An idle partition lets wall-clock time finalize its windows, so that a window's figures
+   * become final even when no later event arrives to move the watermark. Idle means: no records
+   * for `idleAfterMs`, the newest batch left none behind, and the broker's end offsets, read
+   * within `freshMs` and after the newest record arrived, show nothing unread. A consumer that
+   * stalls while caught up, or a process frozen and resumed, sees records waiting (or no fresh
+   * look) and closes nothing by the clock. Not during a replay: those windows' records are still
+   * being read.
    */
-  finalizeIdle(nowMs: number, idleAfterMs: number): void {
+  finalizeIdle(nowMs: number, idleAfterMs: number, freshMs: number): void {
     if (this.isReplaying || this.backlog > 0 || nowMs - this.lastRecordWallMs < idleAfterMs) return;
-    this.markFinal((start) => nowMs >= this.endOf(start) + this.allowedLatenessMs);
+    const lookedAt = this.caughtUpAtMs;
+    if (lookedAt === undefined || lookedAt < this.lastRecordWallMs || nowMs - lookedAt > freshMs) {
+      return;
+    }
+    this.finalizeThrough(this.lastStartPast(nowMs));
   }
 
   /**
-   * The rows that changed since the last snapshot, with their current cumulative figures.
-   * Call `settle` with the same rows once they are durably written.
+   * Closes every window in memory starting at or before `start` (memory ran short): they are
+   * written with their membership at the next flush and leave memory; later events for them are
+   * counted through the stored membership.
    */
-  snapshotDirty(): WindowRow[] {
-    const rows: WindowRow[] = [];
+  closeThrough(start: number): void {
+    if (this.isReplaying) return;
+    if (start > this.closedThroughStart) this.closedThroughStart = start;
+    for (const [windowStart, window] of this.windows) {
+      if (windowStart <= start && !window.closing) {
+        window.closing = true;
+        window.dirty = true;
+      }
+    }
+  }
+
+  /**
+   * What the next flush writes for this partition. Events for closed windows move into the flush:
+   * hand it back with `restore` if the write fails, or to `settle` once it is committed.
+   */
+  snapshot(): PartitionFlush {
+    const flush: PartitionFlush = {
+      partition: this.partition,
+      epoch: this.epoch,
+      windowSeconds: this.windowMs / 1000,
+      throughOffset: this.consumedThrough,
+      watermark: this.currentWatermark,
+      rows: [],
+      memberships: [],
+      closedWindowEvents: [],
+      finals: [],
+    };
     // Mid-replay figures are older than the rows PostgreSQL holds (the fence would refuse them).
-    if (this.isReplaying) return rows;
+    if (this.isReplaying) return flush;
     for (const [start, window] of this.windows) {
       if (!window.dirty) continue;
-      rows.push({
+      flush.rows.push({
         windowStart: start,
-        windowSeconds: this.windowMs / 1000,
+        windowSeconds: flush.windowSeconds,
         partition: this.partition,
         uniqueUsers: window.users.size,
         pageViews: window.pageViews,
@@ -236,36 +414,100 @@ export class PartitionWindows {
         firstOffset: window.firstOffset,
         throughOffset: this.consumedThrough,
         watermark: this.currentWatermark,
-        isFinal: window.final,
+        isFinal: start <= this.finalThroughStart,
+        membershipStored: window.closing,
+      });
+      flush.memberships.push({
+        windowStart: start,
+        users: window.users,
+        eventIds: window.eventIds,
+        userCount: window.users.size,
+        pageViews: window.pageViewFlags.slice(0, window.events),
       });
     }
-    return rows;
+    for (const pending of this.closedEvents.values()) {
+      pending.isFinal = pending.windowStart <= this.finalThroughStart;
+      flush.closedWindowEvents.push(pending);
+    }
+    this.closedEvents = new Map();
+    this.closedEventCount = 0;
+    flush.finals = [...this.newlyFinal];
+    return flush;
+  }
+
+  /** Takes back the events for closed windows of a flush that failed, for the next one. */
+  restore(flush: PartitionFlush): void {
+    for (const pending of flush.closedWindowEvents) {
+      const newer = this.closedEvents.get(pending.windowStart);
+      if (newer !== undefined) {
+        pending.parts.push(...newer.parts);
+        pending.events += newer.events;
+        pending.firstOffset = Math.min(pending.firstOffset, newer.firstOffset);
+      }
+      this.closedEvents.set(pending.windowStart, pending);
+      this.closedEventCount += pending.events - (newer?.events ?? 0);
+    }
   }
 
   /**
-   * Marks `rows` as written: windows unchanged since the snapshot become clean, and final ones
-   * are dropped from memory.
+   * Marks a flush as committed: windows unchanged since the snapshot become clean, closing ones
+   * leave memory, and closed windows not final yet are remembered so that their rows become
+   * final in time.
    */
-  settle(rows: readonly WindowRow[]): void {
-    for (const row of rows) {
+  settle(flush: PartitionFlush): void {
+    for (const row of flush.rows) {
       const window = this.windows.get(row.windowStart);
       if (window === undefined) continue;
-      if (window.events !== row.events || window.final !== row.isFinal) continue;
-      window.dirty = false;
-      if (window.final) this.windows.delete(row.windowStart);
+      if (row.membershipStored) {
+        // Closing since the snapshot: nothing was merged into it after, so all of it is written.
+        this.windows.delete(row.windowStart);
+        this.rememberClosed(row.windowStart, row.isFinal);
+      } else if (
+        !window.closing &&
+        window.events === row.events &&
+        row.isFinal === row.windowStart <= this.finalThroughStart
+      ) {
+        window.dirty = false;
+      }
+    }
+    for (const pending of flush.closedWindowEvents) {
+      this.rememberClosed(pending.windowStart, pending.isFinal);
+    }
+    for (const start of flush.finals) this.newlyFinal.delete(start);
+  }
+
+  /** A closed window was written (final or not): make sure its row becomes final in time. */
+  private rememberClosed(start: number, writtenFinal: boolean): void {
+    if (start > this.finalThroughStart) {
+      this.closedOpen.add(start);
+    } else if (!writtenFinal) {
+      // It became final while the flush was running.
+      this.closedOpen.delete(start);
+      this.newlyFinal.add(start);
     }
   }
 
-  private endOf(start: number): number {
-    return start + this.windowMs;
+  /** The newest window start whose end plus the allowed lateness is at or before `timeMs`. */
+  private lastStartPast(timeMs: number): number {
+    return windowStartOf(timeMs - this.allowedLatenessMs - this.windowMs, this.windowMs);
   }
 
-  private markFinal(isPast: (start: number) => boolean): void {
-    for (const [start, window] of this.windows) {
-      if (window.final || !isPast(start)) continue;
-      window.final = true;
-      window.dirty = true;
-      if (start > this.finalStartsThrough) this.finalStartsThrough = start;
+  /** Every window starting at or before `start` is final, and closes. */
+  private finalizeThrough(start: number): void {
+    if (start <= this.finalThroughStart) return;
+    this.finalThroughStart = start;
+    if (start > this.closedThroughStart) this.closedThroughStart = start;
+    for (const [windowStart, window] of this.windows) {
+      if (windowStart <= start) {
+        window.closing = true;
+        window.dirty = true;
+      }
+    }
+    for (const windowStart of this.closedOpen) {
+      if (windowStart <= start) {
+        this.closedOpen.delete(windowStart);
+        this.newlyFinal.add(windowStart);
+      }
     }
   }
 }

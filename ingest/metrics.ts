@@ -22,6 +22,7 @@ const EVENT_REJECT_REASONS = [
   ...EVENT_REJECT_CODES,
   'invalid_json',
   'broker_timeout',
+  'broker_outcome_unknown',
   'broker_unavailable',
   'queue_full',
 ];
@@ -83,6 +84,21 @@ export function createIngestMetrics(registry: Registry, options: { maxInFlightEv
     producerReplacements: new Counter({
       name: 'ingest_producer_replacements_total',
       help: 'Kafka producers replaced by the watchdog: events timed out while the broker led every partition, and their partitions had nothing acknowledged for PRODUCER_STALL_TIMEOUT_SEC.',
+      registers,
+    }),
+    producerFatalErrors: new Counter({
+      name: 'ingest_producer_fatal_errors_total',
+      help: 'Fatal errors reported by the Kafka producer; each makes ingest not ready until a new producer is connected.',
+      registers,
+    }),
+    admittedRequests: new Gauge({
+      name: 'ingest_http_admitted_requests',
+      help: 'Requests with a body past the header gates and not yet answered (bounded by MAX_CONCURRENT_REQUESTS).',
+      registers,
+    }),
+    bufferedBytes: new Gauge({
+      name: 'ingest_http_buffered_bytes',
+      help: 'Body bytes reserved by admitted requests (bounded by MAX_BUFFERED_BYTES).',
       registers,
     }),
     ackDuration: new Histogram({

@@ -110,6 +110,8 @@ export function createIngestMetrics(registry: Registry, options: { maxInFlightEv
   };
   metrics.producerInFlightLimit.set(options.maxInFlightEvents);
   for (const reason of EVENT_REJECT_REASONS) metrics.eventsRejected.inc({ reason }, 0);
+  // Born at 0 too: IngestOverloaded's rate() must see the first refusals.
+  metrics.requestsRefused.inc({ reason: 'overloaded' }, 0);
   return metrics;
 }
 

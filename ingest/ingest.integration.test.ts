@@ -814,6 +814,25 @@ test('CORS: 403 preflight and write from another origin; 204 and 200 from an all
   recordAccepted(originless, originlessReply);
 });
 
+test('refused from its head: a small body sent along is discarded, the answer arrives whole', async () => {
+  const id = userId('unauth-body');
+  notStored.add(id);
+  // Under 64 KiB: drained unread rather than closed under the client.
+  const body = JSON.stringify({ user_id: id, activity_type: 'click', pad: 'x'.repeat(60_000) });
+  const connection = await RawConnection.open(auth);
+  try {
+    await connection.write(
+      `${rawPostHead('/activity', { ...JSON_TYPE, 'content-length': String(body.length) })}${body}`,
+    );
+    const response = await connection.response(5_000);
+    assert.equal(response.status, 401, JSON.stringify(response));
+    assert.equal(response.json.code, 'missing_api_key');
+    assert.equal(response.headers.connection, 'close');
+  } finally {
+    connection.destroy();
+  }
+});
+
 test('404 for an unknown path, 405 with Allow for a wrong method', async () => {
   assertError(await call(main, 'GET', '/nope'), 404, 'not_found');
   const id = userId('404');

@@ -62,7 +62,7 @@ export function createIngestMetrics(registry: Registry, options: { maxInFlightEv
     }),
     requestsRefused: new Counter({
       name: 'ingest_requests_refused_total',
-      help: 'POST requests refused before their events were read (auth, rate limit, media type, encoding, size, draining), by reason code.',
+      help: 'POST requests refused before their events were read (origin, auth, rate limit, draining, media type, encoding, size, overloaded), by reason code.',
       labelNames: ['reason'],
       registers,
     }),

@@ -34,6 +34,11 @@ describe('readIngestConfig', () => {
       rateLimitBurst: 1,
       maxEventAgeMs: 7 * 24 * 3600_000,
       requestTimeoutMs: 30_000,
+      maxConcurrentRequests: 1024,
+      maxBufferedBytes: 67_108_864,
+      maxConcurrentDecompressions: 16,
+      trustedProxies: [],
+      drainDelayMs: 0,
       shutdownGraceMs: 25_000,
       logLevel: 'info',
     });
@@ -58,6 +63,11 @@ describe('readIngestConfig', () => {
       RATE_LIMIT_BURST: '500',
       MAX_EVENT_AGE_SEC: '3600',
       REQUEST_TIMEOUT_SEC: '5',
+      MAX_CONCURRENT_REQUESTS: '64',
+      MAX_BUFFERED_BYTES: '1048576',
+      MAX_CONCURRENT_DECOMPRESSIONS: '2',
+      TRUSTED_PROXIES: '10.0.0.0/8, 192.0.2.7, fd00::/8',
+      DRAIN_DELAY_SEC: '0.5',
       SHUTDOWN_GRACE_SEC: '1',
       LOG_LEVEL: 'debug',
     });
@@ -79,6 +89,11 @@ describe('readIngestConfig', () => {
       rateLimitBurst: 500,
       maxEventAgeMs: 3_600_000,
       requestTimeoutMs: 5000,
+      maxConcurrentRequests: 64,
+      maxBufferedBytes: 1_048_576,
+      maxConcurrentDecompressions: 2,
+      trustedProxies: ['10.0.0.0/8', '192.0.2.7', 'fd00::/8'],
+      drainDelayMs: 500,
       shutdownGraceMs: 1000,
       logLevel: 'debug',
     });
@@ -95,6 +110,9 @@ describe('readIngestConfig', () => {
       MAX_BATCH_EVENTS: '0',
       RATE_LIMIT_PER_SEC: '-5',
       PRODUCER_STALL_TIMEOUT_SEC: '0',
+      MAX_CONCURRENT_REQUESTS: '0',
+      MAX_CONCURRENT_DECOMPRESSIONS: 'many',
+      DRAIN_DELAY_SEC: '-1',
     });
     for (const name of [
       'INGEST_PORT',
@@ -106,6 +124,9 @@ describe('readIngestConfig', () => {
       'MAX_BATCH_EVENTS',
       'RATE_LIMIT_PER_SEC',
       'PRODUCER_STALL_TIMEOUT_SEC',
+      'MAX_CONCURRENT_REQUESTS',
+      'MAX_CONCURRENT_DECOMPRESSIONS',
+      'DRAIN_DELAY_SEC',
     ]) {
       assert.match(err.message, new RegExp(`- ${name}\\b`), name);
     }
@@ -127,5 +148,23 @@ describe('readIngestConfig', () => {
   test('a request timeout not longer than the ack timeout is refused', () => {
     const err = configError({ ACK_TIMEOUT_SEC: '10', REQUEST_TIMEOUT_SEC: '10' });
     assert.match(err.message, /REQUEST_TIMEOUT_SEC must be longer than ACK_TIMEOUT_SEC/);
+  });
+
+  test('a buffered-bytes bound below one body is refused', () => {
+    const err = configError({ MAX_BODY_BYTES: '8192', MAX_BUFFERED_BYTES: '4096' });
+    assert.match(err.message, /MAX_BUFFERED_BYTES must be at least MAX_BODY_BYTES/);
+  });
+
+  test('a trusted proxy that is not an address or CIDR is refused, naming it', () => {
+    for (const bad of ['10.0.0.0/33', 'proxy.example', '10.0.0/8', 'fd00::/129', '1.2.3.4/8/8']) {
+      const err = configError({ TRUSTED_PROXIES: `127.0.0.1, ${bad}` });
+      assert.match(err.message, /TRUSTED_PROXIES/, bad);
+      assert.ok(err.message.includes(JSON.stringify(bad)), bad);
+    }
+  });
+
+  test('a drain delay not shorter than the shutdown grace is refused', () => {
+    const err = configError({ DRAIN_DELAY_SEC: '25', SHUTDOWN_GRACE_SEC: '25' });
+    assert.match(err.message, /DRAIN_DELAY_SEC must be shorter than SHUTDOWN_GRACE_SEC/);
   });
 });

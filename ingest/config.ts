@@ -1,5 +1,6 @@
 import { ConfigReader } from '../shared/config-reader.js';
 import { DEFAULT_TOPIC } from '../shared/kafka-client.js';
+import { parseCidr } from './client-address.js';
 
 /** Everything the ingest service reads from the environment, validated once at start-up. */
 export interface IngestConfig {
@@ -37,6 +38,26 @@ export interface IngestConfig {
   maxEventAgeMs: number;
   /** Whole request deadline: reading the body, validating, producing and answering. */
   requestTimeoutMs: number;
+  /** POST requests past the header gates and not yet answered, at most; beyond it 503. */
+  maxConcurrentRequests: number;
+  /** Body bytes held across all requests (declared lengths reserved up front), at most. */
+  maxBufferedBytes: number;
+  /**
+   * Gzip bodies being inflated at once, at most: each may grow to `maxDecompressedBytes`, and
+   * libuv's four threads inflate them in turn.
+   */
+  maxConcurrentDecompressions: number;
+  /**
+   * Proxies (CIDRs) whose `X-Forwarded-For` names the client; empty: the peer address is the
+   * client.
+   */
+  trustedProxies: string[];
+  /**
+   * After SIGTERM: `/readyz` answers 503 and requests are still served this long, so load
+   * balancers stop sending new ones before the listener closes.
+   */
+  drainDelayMs: number;
+  /** The whole shutdown, drain delay included. */
   shutdownGraceMs: number;
   logLevel: string;
 }
@@ -64,6 +85,14 @@ export function readIngestConfig(env: NodeJS.ProcessEnv): IngestConfig {
     rateLimitBurst: r.int('RATE_LIMIT_BURST', 0, { min: 0, max: 10_000_000 }),
     maxEventAgeMs: r.secondsAsMs('MAX_EVENT_AGE_SEC', 7 * 24 * 3600, { min: 1, max: 3.2e7 }),
     requestTimeoutMs: r.secondsAsMs('REQUEST_TIMEOUT_SEC', 30, { min: 0.1, max: 600 }),
+    maxConcurrentRequests: r.int('MAX_CONCURRENT_REQUESTS', 1024, { min: 1, max: 1_000_000 }),
+    maxBufferedBytes: r.int('MAX_BUFFERED_BYTES', 64 * 1_048_576, {
+      min: 1024,
+      max: 16 * 1024 * 1_048_576,
+    }),
+    maxConcurrentDecompressions: r.int('MAX_CONCURRENT_DECOMPRESSIONS', 16, { min: 1, max: 1024 }),
+    trustedProxies: r.list('TRUSTED_PROXIES', []),
+    drainDelayMs: r.secondsAsMs('DRAIN_DELAY_SEC', 0, { min: 0, max: 300 }),
     shutdownGraceMs: r.secondsAsMs('SHUTDOWN_GRACE_SEC', 25, { min: 1, max: 600 }),
     logLevel: r.oneOf('LOG_LEVEL', 'info', ['trace', 'debug', 'info', 'warn', 'error', 'fatal']),
   };
@@ -74,6 +103,17 @@ export function readIngestConfig(env: NodeJS.ProcessEnv): IngestConfig {
   }
   if (config.requestTimeoutMs <= config.ackTimeoutMs) {
     r.problem('REQUEST_TIMEOUT_SEC must be longer than ACK_TIMEOUT_SEC');
+  }
+  if (config.maxBufferedBytes < config.maxBodyBytes) {
+    r.problem('MAX_BUFFERED_BYTES must be at least MAX_BODY_BYTES');
+  }
+  for (const proxy of config.trustedProxies) {
+    if (parseCidr(proxy) === undefined) {
+      r.problem(`TRUSTED_PROXIES: ${JSON.stringify(proxy)} is not an IP address or CIDR`);
+    }
+  }
+  if (config.drainDelayMs >= config.shutdownGraceMs) {
+    r.problem('DRAIN_DELAY_SEC must be shorter than SHUTDOWN_GRACE_SEC (the grace includes it)');
   }
   r.finish();
   return config;

@@ -88,3 +88,18 @@ describe('CorsPolicy with no origins', () => {
     assert.equal(policy.preflightHeaders('https://app.example', METHODS), undefined);
   });
 });
+
+describe('CorsPolicy.refuses (writes)', () => {
+  test('a listed set refuses other origins, not listed ones nor requests without Origin', () => {
+    const policy = new CorsPolicy(['https://app.example.com']);
+    assert.equal(policy.refuses('https://evil.example'), true);
+    assert.equal(policy.refuses('null'), true);
+    assert.equal(policy.refuses('https://app.example.com'), false);
+    assert.equal(policy.refuses(undefined), false);
+  });
+
+  test('`*` and an empty list refuse no origin', () => {
+    assert.equal(new CorsPolicy(['*']).refuses('https://evil.example'), false);
+    assert.equal(new CorsPolicy([]).refuses('https://evil.example'), false);
+  });
+});

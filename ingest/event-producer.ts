@@ -63,6 +63,13 @@ export class EventProducer {
   /** What the current native producer's delivery reports say, per partition (for the watchdog). */
   readonly health = new DeliveryHealth();
   private ready = false;
+  /**
+   * The current native producer reported a fatal error (it will never deliver again) and is
+   * being replaced: not ready, and new events are refused (not stored) until the new one is in.
+   */
+  private failed = false;
+  /** Replacements run one at a time (the watchdog's and a fatal error's). */
+  private replacing: Promise<void> = Promise.resolve();
   /** A replaced producer delivering or timing out what it still holds, then disconnecting. */
   private retirement: Promise<void> | undefined;
   /**
@@ -123,11 +130,13 @@ export class EventProducer {
           this.health.timedOut(report.partition, Date.now() - this.options.ackTimeoutMs);
         }
       }
-      (report.opaque as Settle)(err ? classifyProduceError(err) : null);
+      if (err !== null && err.code === CODES.ERRORS.ERR__FATAL) this.onFatal(producer, err);
+      (report.opaque as Settle)(err ? classifyDeliveryError(err) : null);
     });
-    producer.on('event.error', (err: LibrdKafkaError) =>
-      this.clientLog.error(err.message, { code: err.code }),
-    );
+    producer.on('event.error', (err: LibrdKafkaError) => {
+      this.clientLog.error(err.message, { code: err.code });
+      if (isFatal(err)) this.onFatal(producer, err);
+    });
     producer.on('event.log', (log: { severity: number; fac: string; message: string }) => {
       const extra = { fac: log.fac };
       if (log.severity <= 3) this.clientLog.error(log.message, extra);
@@ -142,9 +151,32 @@ export class EventProducer {
     return this.inFlightEvents;
   }
 
-  /** True once connected and the topic is known. */
+  /** True once connected and the topic is known, and while the producer has not failed. */
   get isReady(): boolean {
-    return this.ready;
+    return this.ready && !this.failed;
+  }
+
+  /**
+   * A fatal error (an idempotent producer's sequence broken, say) leaves a native producer
+   * unusable for good: it is replaced by a new one, tried every second until connected, and
+   * ingest is not ready meanwhile. What the failed one held is answered by its delivery reports.
+   */
+  private onFatal(producer: NativeProducer, err: unknown): void {
+    if (producer !== this.producer || this.failed || !this.ready) return;
+    this.failed = true;
+    this.metrics.producerFatalErrors.inc();
+    this.logger.error({ err }, 'the producer reported a fatal error; replacing it');
+    void (async () => {
+      while (this.ready && this.producer === producer) {
+        try {
+          await this.replace();
+        } catch (replaceErr) {
+          this.logger.warn({ err: replaceErr }, 'replacing the failed producer failed; retrying');
+          await new Promise((resolve) => setTimeout(resolve, 1_000));
+        }
+      }
+      if (this.producer !== producer) this.logger.info('failed producer replaced');
+    })();
   }
 
   async start(): Promise<void> {
@@ -210,6 +242,12 @@ export class EventProducer {
    * at a time: while one is still retiring, this waits for it first.
    */
   async replace(): Promise<void> {
+    const next = this.replacing.catch(() => {}).then(() => this.replaceNow());
+    this.replacing = next;
+    return next;
+  }
+
+  private async replaceNow(): Promise<void> {
     await this.retirement;
     const fresh = this.createProducer();
     try {
@@ -225,6 +263,7 @@ export class EventProducer {
     }
     const old = this.producer;
     this.producer = fresh;
+    this.failed = false;
     this.health.reset();
     this.retirement = this.retire(old).finally(() => {
       this.retirement = undefined;
@@ -245,8 +284,9 @@ export class EventProducer {
   /**
    * Produces `events` and resolves, once every one is acknowledged or given up, with one entry
    * per event: `null` for acknowledged; otherwise a retryable PipelineError — `broker_timeout`
-   * (no acknowledgement in time: the outcome is unknown), `broker_unavailable` or `queue_full`
-   * (not stored). Rejects with `queue_full` or `broker_unavailable`, producing nothing, when
+   * or `broker_outcome_unknown` (no acknowledgement in time, or a failure after the event may
+   * have been written: the outcome is unknown), `broker_unavailable` or `queue_full` (not
+   * stored). Rejects with `queue_full` or `broker_unavailable`, producing nothing, when
    * the events cannot be admitted at all.
    */
   async produce(
@@ -255,6 +295,11 @@ export class EventProducer {
   ): Promise<Array<PipelineError | null>> {
     if (!this.ready) {
       throw new PipelineError('broker_unavailable', 'the producer is not connected', {
+        retryable: true,
+      });
+    }
+    if (this.failed) {
+      throw new PipelineError('broker_unavailable', 'the producer failed and is being replaced', {
         retryable: true,
       });
     }
@@ -292,7 +337,10 @@ export class EventProducer {
                 );
               } catch (err) {
                 // Refused before it was queued (queue full, not connected): certainly not stored.
-                settle(classifyProduceError(err));
+                if ((err as { code?: unknown }).code === CODES.ERRORS.ERR__FATAL) {
+                  this.onFatal(this.producer, err);
+                }
+                settle(classifyRefusal(err));
               }
             }),
         ),
@@ -341,10 +389,46 @@ async function connect(producer: NativeProducer): Promise<void> {
   producer.setPollInBackground(true);
 }
 
-function classifyProduceError(err: unknown): PipelineError {
-  const code = (err as { code?: unknown }).code;
-  const text = err instanceof Error ? err.message : String(err);
-  if (code === CODES.ERRORS.ERR__MSG_TIMED_OUT || /timed out/i.test(text)) {
+/**
+ * The binding hands a client error event over as its text only: librdkafka's
+ * `err2str(ERR__FATAL)`, "Local: Fatal error", which `LibrdKafkaError` then splits into origin
+ * `local` and message `fatal error` (its code is lost, -1). So that text is all there is to
+ * recognise a fatal error event by; the flag and the code are checked too, for when they are
+ * there (delivery reports and `produce()` carry the code).
+ */
+function isFatal(err: LibrdKafkaError): boolean {
+  const { origin } = err as { origin?: string };
+  return (
+    (err as { isFatal?: boolean }).isFatal === true ||
+    err.code === CODES.ERRORS.ERR__FATAL ||
+    err.message === 'Local: Fatal error' ||
+    (origin === 'local' && err.message === 'fatal error')
+  );
+}
+
+/**
+ * Delivery-report errors that say the message was never written: it was never sent (unknown
+ * partition or topic, purged from the queue, too large), or the broker refused it as invalid.
+ * The binding does not expose librdkafka's persistence status (`rd_kafka_message_status`), so
+ * every other error — a timeout, a purge in flight, a fatal error, a broken connection — is an
+ * unknown outcome: the broker may have written it (librdkafka's "possibly persisted").
+ */
+const NOT_PERSISTED_CODES: ReadonlySet<number> = new Set([
+  CODES.ERRORS.ERR__QUEUE_FULL,
+  CODES.ERRORS.ERR__UNKNOWN_PARTITION,
+  CODES.ERRORS.ERR__UNKNOWN_TOPIC,
+  CODES.ERRORS.ERR__PURGE_QUEUE,
+  CODES.ERRORS.ERR__INVALID_ARG,
+  CODES.ERRORS.ERR_MSG_SIZE_TOO_LARGE,
+  CODES.ERRORS.ERR_INVALID_RECORD,
+  CODES.ERRORS.ERR__INVALID_DIFFERENT_RECORD,
+]);
+
+/** What a failed delivery report means for the event: not stored, or unknown. */
+export function classifyDeliveryError(err: { code?: unknown; message?: string }): PipelineError {
+  const code = typeof err.code === 'number' ? err.code : undefined;
+  const text = err.message ?? String(err);
+  if (code === CODES.ERRORS.ERR__MSG_TIMED_OUT) {
     return new PipelineError(
       'broker_timeout',
       'the broker did not acknowledge in time; the event may or may not be stored: resend it with the same event_id',
@@ -357,7 +441,30 @@ function classifyProduceError(err: unknown): PipelineError {
       retryable: true,
     });
   }
-  return new PipelineError('broker_unavailable', `the broker refused the events: ${text}`, {
+  if (code !== undefined && NOT_PERSISTED_CODES.has(code)) {
+    return new PipelineError('broker_unavailable', `the broker refused the events: ${text}`, {
+      cause: err,
+      retryable: true,
+    });
+  }
+  return new PipelineError(
+    'broker_outcome_unknown',
+    `the delivery failed (${text}); the event may or may not be stored: resend it with the same event_id`,
+    { cause: err, retryable: true },
+  );
+}
+
+/** A `produce()` call that threw: the event was never queued, so it is certainly not stored. */
+function classifyRefusal(err: unknown): PipelineError {
+  const code = (err as { code?: unknown }).code;
+  const text = err instanceof Error ? err.message : String(err);
+  if (code === CODES.ERRORS.ERR__QUEUE_FULL) {
+    return new PipelineError('queue_full', 'the producer queue is full', {
+      cause: err,
+      retryable: true,
+    });
+  }
+  return new PipelineError('broker_unavailable', `the producer refused the events: ${text}`, {
     cause: err,
     retryable: true,
   });

@@ -7,6 +7,11 @@
  * - request headers, method, URL and remote address are read synchronously, before any await
  *   (the uWS request object is invalid after the handler returns);
  * - `onData` chunks are copied (uWS reuses the memory after the callback);
+ * - the handler's header gates (`checkHead`) run before any body byte is read: a refused request
+ *   is answered at once; a body that may follow is drained unbuffered when it is declared small,
+ *   otherwise its connection is closed unread;
+ * - admitted requests are bounded in number and in body bytes held (`RequestBudget`): past
+ *   either bound, 503 `overloaded` and the connection closed;
  * - the body limit is enforced while streaming: a declared or actual body past the limit gets 413
  *   and the connection is closed, nothing more is buffered;
  * - every write happens inside `cork`;
@@ -21,16 +26,22 @@ import type {
 } from 'uWebSockets.js';
 import uWS from 'uWebSockets.js';
 import type { Logger } from '../shared/logger.js';
+import { type Admission, RequestBudget } from './load-bounds.js';
 
-export interface HttpRequest {
+/** What is known of a request before its body: request line, headers and peer. */
+export interface RequestHead {
   /** Upper-case method, as sent. */
   method: string;
   path: string;
   query: string;
   /** Lower-case header names. */
   headers: Record<string, string>;
-  body: Buffer;
+  /** The peer's address (a proxy's, behind one). */
   remoteAddress: string;
+}
+
+export interface HttpRequest extends RequestHead {
+  body: Buffer;
 }
 
 export interface HttpResponse {
@@ -39,13 +50,28 @@ export interface HttpResponse {
   body?: string | Buffer;
 }
 
-export type HttpHandler = (request: HttpRequest) => HttpResponse | Promise<HttpResponse>;
+export interface HttpHandler {
+  /**
+   * The gates decidable from the head alone (endpoint, method, origin, API key, rate limit,
+   * shutdown, media type). A response refuses the request before any of its body is read;
+   * undefined lets it through to `handle`. Must not throw.
+   */
+  checkHead(head: RequestHead): HttpResponse | undefined;
+  /** A request that passed `checkHead`, with its whole body. */
+  handle(request: HttpRequest): HttpResponse | Promise<HttpResponse>;
+}
 
 export interface HttpServerOptions {
   host: string;
   port: number;
   maxBodyBytes: number;
   requestTimeoutMs: number;
+  /**
+   * Requests with a body that passed the header gates and are not answered yet, at most; and
+   * the body bytes they may hold together (a declared length is reserved in full up front).
+   */
+  maxConcurrentRequests: number;
+  maxBufferedBytes: number;
   /** Every request, whatever its method and path. */
   handler: HttpHandler;
   /**
@@ -55,8 +81,16 @@ export interface HttpServerOptions {
   errorHeaders: (requestHeaders: Record<string, string>) => Record<string, string>;
   /** Called once per answered request, for metrics. */
   onResponse: (request: { method: string; path: string }, status: number, seconds: number) => void;
+  /** Called when a request is refused because the bounds on admitted requests are reached. */
+  onRefused: (code: 'overloaded') => void;
   logger: Logger;
 }
+
+/**
+ * The most body bytes still to come that a request refused from its head is drained of, rather
+ * than having its connection closed under it.
+ */
+const DRAIN_AT_MOST_BYTES = 64 * 1024;
 
 const STATUS_TEXT: Record<number, string> = {
   200: 'OK',
@@ -96,12 +130,25 @@ export class HttpServer {
   private inFlightCount = 0;
   private draining = false;
   private idleWaiters: Array<() => void> = [];
+  private readonly budget: RequestBudget;
 
-  constructor(private readonly options: HttpServerOptions) {}
+  constructor(private readonly options: HttpServerOptions) {
+    this.budget = new RequestBudget(options.maxConcurrentRequests, options.maxBufferedBytes);
+  }
 
   /** Requests received and not yet answered. */
   get inFlight(): number {
     return this.inFlightCount;
+  }
+
+  /** Body bytes reserved by admitted requests (bounded by `maxBufferedBytes`). */
+  get bufferedBytes(): number {
+    return this.budget.bytes;
+  }
+
+  /** Admitted requests with a body, not yet answered (bounded by `maxConcurrentRequests`). */
+  get admittedRequests(): number {
+    return this.budget.active;
   }
 
   /** The port actually listened on (useful with port 0). */
@@ -128,6 +175,14 @@ export class HttpServer {
         resolve();
       });
     });
+  }
+
+  /**
+   * From now on every answer says `Connection: close`, so that kept-alive clients reconnect,
+   * through the load balancer, to another instance. The listener stays open.
+   */
+  closeConnectionsAfterAnswer(): void {
+    this.draining = true;
   }
 
   /** Stops accepting connections; requests already received are still answered. */
@@ -161,6 +216,7 @@ export class HttpServer {
     let finished = false;
     let aborted = false;
     let bodyComplete = false;
+    let admission: Admission | undefined;
     const layerHeaders = this.options.errorHeaders(headers);
     const deadline = setTimeout(() => {
       if (!bodyComplete) {
@@ -185,6 +241,7 @@ export class HttpServer {
       if (finished) return;
       finished = true;
       clearTimeout(deadline);
+      admission?.release();
       this.inFlightCount--;
       const seconds = Number(process.hrtime.bigint() - started) / 1e9;
       this.options.onResponse({ method, path }, status, seconds);
@@ -204,9 +261,11 @@ export class HttpServer {
         for (const [name, value] of Object.entries(response.headers ?? {})) {
           res.writeHeader(name, value);
         }
-        if (this.draining) res.writeHeader('connection', 'close');
-        const body = response.body ?? '';
         const close = closeConnection || this.draining;
+        if (close && response.headers?.connection === undefined) {
+          res.writeHeader('connection', 'close');
+        }
+        const body = response.body ?? '';
         // HEAD: the GET's headers and no body. This uWS build treats a non-zero length given to
         // endWithoutBody as body still to come and drops the kept-alive connection, so HEAD
         // answers say Content-Length: 0 instead of the GET's length.
@@ -220,38 +279,94 @@ export class HttpServer {
       finish(499);
     });
 
+    const failed = (err: unknown): HttpResponse => {
+      this.options.logger.error({ err, path }, 'request handler failed');
+      return errorResponse(500, 'internal_error', 'the server failed to handle the request');
+    };
+
     const run = (body: Buffer): void => {
       bodyComplete = true;
       let result: HttpResponse | Promise<HttpResponse>;
       try {
-        result = this.options.handler({ method, path, query, headers, body, remoteAddress });
+        result = this.options.handler.handle({
+          method,
+          path,
+          query,
+          headers,
+          body,
+          remoteAddress,
+        });
       } catch (err) {
-        this.options.logger.error({ err, path }, 'request handler failed');
-        respond(errorResponse(500, 'internal_error', 'the server failed to handle the request'));
+        respond(failed(err));
         return;
       }
       if (result instanceof Promise) {
-        result.then(respond, (err: unknown) => {
-          this.options.logger.error({ err, path }, 'request handler failed');
-          respond(errorResponse(500, 'internal_error', 'the server failed to handle the request'));
-        });
+        result.then(respond, (err: unknown) => respond(failed(err)));
       } else {
         respond(result);
       }
     };
 
-    if (method === 'GET' || method === 'HEAD' || method === 'OPTIONS' || method === 'DELETE') {
+    const hasBody = !(
+      method === 'GET' ||
+      method === 'HEAD' ||
+      method === 'OPTIONS' ||
+      method === 'DELETE'
+    );
+    const declaredText = headers['content-length'];
+    const declared = declaredText === undefined ? undefined : Number(declaredText);
+    const chunked = headers['transfer-encoding'] !== undefined;
+    // Body bytes may follow the head of a request refused from its head alone. A small declared
+    // rest is drained (discarded as it arrives, the answer saying `Connection: close`): closing
+    // on bytes not yet read makes the kernel reset the connection, and the client may lose the
+    // answer. Anything larger, or of unknown length, gets its connection closed at once.
+    const bodyFollows = hasBody && (chunked || declared === undefined || declared > 0);
+    const refuseFromHead = (response: HttpResponse): void => {
+      if (!bodyFollows) {
+        respond(response);
+        return;
+      }
+      if (chunked || declared === undefined || !(declared <= DRAIN_AT_MOST_BYTES)) {
+        respond(response, true);
+        return;
+      }
+      res.onData(() => {});
+      respond({ ...response, headers: { ...response.headers, connection: 'close' } });
+    };
+
+    const limit = this.options.maxBodyBytes;
+    if (hasBody && declared !== undefined && declared > limit) {
+      respond(tooLarge(limit, layerHeaders), true);
+      return;
+    }
+
+    let refusal: HttpResponse | undefined;
+    try {
+      refusal = this.options.handler.checkHead({ method, path, query, headers, remoteAddress });
+    } catch (err) {
+      refusal = failed(err);
+    }
+    if (refusal !== undefined) {
+      refuseFromHead(refusal);
+      return;
+    }
+
+    if (!hasBody) {
       // No body is read for these methods; uWS discards any that is sent.
       run(Buffer.alloc(0));
       return;
     }
 
-    const limit = this.options.maxBodyBytes;
-    const declared = headers['content-length'];
-    if (declared !== undefined && Number(declared) > limit) {
-      respond(tooLarge(limit, layerHeaders), true);
+    admission = this.budget.admit(
+      declared !== undefined && Number.isSafeInteger(declared) ? declared : 0,
+    );
+    if (admission === undefined) {
+      this.options.onRefused('overloaded');
+      refuseFromHead(overloaded(layerHeaders));
       return;
     }
+    const reservation = admission;
+    let reserved = declared !== undefined && Number.isSafeInteger(declared) ? declared : 0;
     const chunks: Buffer[] = [];
     let received = 0;
     res.onData((chunk, isLast) => {
@@ -261,11 +376,30 @@ export class HttpServer {
         respond(tooLarge(limit, layerHeaders), true);
         return;
       }
+      if (received > reserved) {
+        // More than declared (chunked): reserve as it arrives.
+        if (!reservation.grow(received - reserved)) {
+          this.options.onRefused('overloaded');
+          respond(overloaded(layerHeaders), true);
+          return;
+        }
+        reserved = received;
+      }
       // Copy: uWS reuses the chunk's memory once this callback returns.
       chunks.push(Buffer.from(new Uint8Array(chunk)));
       if (isLast) run(chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks));
     });
   }
+}
+
+function overloaded(headers: Record<string, string>): HttpResponse {
+  return errorResponse(
+    503,
+    'overloaded',
+    'the server is handling as many requests as it takes at once; nothing was stored: retry',
+    {},
+    { ...headers, 'retry-after': '1' },
+  );
 }
 
 function tooLarge(limit: number, headers: Record<string, string>): HttpResponse {

@@ -736,7 +736,7 @@ test('API_KEYS: 401 + WWW-Authenticate without a valid key; 200 with one, either
   recordBatch([viaHeader], headerReply);
 });
 
-test('CORS: 403 preflight from another origin; 204 with access-control-* from an allowed one', async () => {
+test('CORS: 403 preflight and write from another origin; 204 and 200 from an allowed one', async () => {
   const preflight = (origin: string, path: string) =>
     call(main, 'OPTIONS', path, {
       headers: {
@@ -781,14 +781,56 @@ test('CORS: 403 preflight from another origin; 204 with access-control-* from an
   assertError(rejected, 400, 'missing_field', 'activity_type');
   assert.equal(rejected.headers['access-control-allow-origin'], ALLOWED_ORIGIN);
 
-  // CORS is enforced by browsers: the server stores the event but sends no CORS headers.
-  const foreign: StoredEvent = { user_id: userId('foreign'), activity_type: 'click' };
-  const foreignReply = await postJson(main, '/activity', foreign, {
-    origin: 'https://evil.example.net',
+  // With CORS_ALLOWED_ORIGINS set, a write from another origin is refused whatever its media
+  // type: a text/plain POST (sendBeacon, a forged form) needs no preflight, so CORS headers
+  // alone would not keep it from being stored.
+  for (const contentType of ['application/json', 'text/plain']) {
+    const foreignId = userId('foreign');
+    notStored.add(foreignId);
+    const foreignReply = await call(main, 'POST', '/activity', {
+      body: JSON.stringify({ user_id: foreignId, activity_type: 'click' }),
+      headers: { 'content-type': contentType, origin: 'https://evil.example.net' },
+    });
+    assertError(foreignReply, 403, 'origin_not_allowed');
+    assert.equal(foreignReply.headers['access-control-allow-origin'], undefined);
+  }
+  const foreignBatchId = userId('foreign-batch');
+  notStored.add(foreignBatchId);
+  assertError(
+    await call(main, 'POST', '/activities', {
+      body: JSON.stringify([{ user_id: foreignBatchId, activity_type: 'click' }]),
+      headers: { 'content-type': 'text/plain', origin: 'null' },
+    }),
+    403,
+    'origin_not_allowed',
+  );
+  // Without Origin (a server, an app) a write is not a browser's cross-origin request.
+  const originless: StoredEvent = { user_id: userId('originless'), activity_type: 'click' };
+  const originlessReply = await call(main, 'POST', '/activity', {
+    body: JSON.stringify(originless),
+    headers: { 'content-type': 'text/plain' },
   });
-  assert.equal(foreignReply.status, 200, foreignReply.text);
-  assert.equal(foreignReply.headers['access-control-allow-origin'], undefined);
-  recordAccepted(foreign, foreignReply);
+  assert.equal(originlessReply.status, 200, originlessReply.text);
+  recordAccepted(originless, originlessReply);
+});
+
+test('refused from its head: a small body sent along is discarded, the answer arrives whole', async () => {
+  const id = userId('unauth-body');
+  notStored.add(id);
+  // Under 64 KiB: drained unread rather than closed under the client.
+  const body = JSON.stringify({ user_id: id, activity_type: 'click', pad: 'x'.repeat(60_000) });
+  const connection = await RawConnection.open(auth);
+  try {
+    await connection.write(
+      `${rawPostHead('/activity', { ...JSON_TYPE, 'content-length': String(body.length) })}${body}`,
+    );
+    const response = await connection.response(5_000);
+    assert.equal(response.status, 401, JSON.stringify(response));
+    assert.equal(response.json.code, 'missing_api_key');
+    assert.equal(response.headers.connection, 'close');
+  } finally {
+    connection.destroy();
+  }
 });
 
 test('404 for an unknown path, 405 with Allow for a wrong method', async () => {
@@ -979,21 +1021,36 @@ test('429 rate_limited + Retry-After for the request past RATE_LIMIT_BURST', asy
   recordAccepted(later, laterReply);
 });
 
-test('503 draining + Retry-After for a request that completes while the service shuts down', async () => {
+test('shutting down: a request admitted before is served; one arriving after gets 503 draining', async () => {
   const draining = await startInstance({});
-  const id = userId('draining');
-  notStored.add(id);
-  const body = JSON.stringify({ user_id: id, activity_type: 'click' });
+  const admittedId = userId('admitted');
+  const refusedId = userId('draining');
+  notStored.add(refusedId);
+  const admittedEvent: StoredEvent = { user_id: admittedId, activity_type: 'click' };
+  const body = JSON.stringify(admittedEvent);
+  const late = JSON.stringify({ user_id: refusedId, activity_type: 'click' });
   const connection = await RawConnection.open(draining);
+  // Accepted by the server before close(), which stops accepting new connections at once.
+  const idle = await RawConnection.open(draining);
   try {
+    const sentAtMs = Date.now();
     await connection.write(
       `${rawPostHead('/activity', { ...JSON_TYPE, 'content-length': String(body.length) })}${body.slice(0, -5)}`,
     );
     await sleep(200);
     const closing = draining.close();
     assert.equal(draining.state.state, 'draining');
+    // Its head passed the gates while running: it is read to the end and produced.
     await connection.write(body.slice(-5));
-    const response = await connection.response(5_000);
+    const served = await connection.response(5_000);
+    assert.equal(served.status, 200, JSON.stringify(served));
+    assert.equal(served.headers.connection, 'close');
+    accepted.set(admittedId, { event: admittedEvent, sentAtMs, answeredAtMs: Date.now() });
+    // A head arriving after close() meets the shutdown gate, before its body is read.
+    await idle.write(
+      `${rawPostHead('/activity', { ...JSON_TYPE, 'content-length': String(late.length) })}${late}`,
+    );
+    const response = await idle.response(5_000);
     assert.equal(response.status, 503, JSON.stringify(response));
     assert.equal(response.json.code, 'draining');
     assert.equal(response.headers['retry-after'], '1');
@@ -1002,6 +1059,7 @@ test('503 draining + Retry-After for a request that completes while the service 
     assert.equal(draining.state.state, 'stopped');
   } finally {
     connection.destroy();
+    idle.destroy();
   }
   // No new connections once draining.
   await assert.rejects(call(draining, 'GET', '/healthz'), /ECONNREFUSED/);

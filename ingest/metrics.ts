@@ -22,6 +22,7 @@ const EVENT_REJECT_REASONS = [
   ...EVENT_REJECT_CODES,
   'invalid_json',
   'broker_timeout',
+  'broker_outcome_unknown',
   'broker_unavailable',
   'queue_full',
 ];
@@ -61,7 +62,7 @@ export function createIngestMetrics(registry: Registry, options: { maxInFlightEv
     }),
     requestsRefused: new Counter({
       name: 'ingest_requests_refused_total',
-      help: 'POST requests refused before their events were read (auth, rate limit, media type, encoding, size, draining), by reason code.',
+      help: 'POST requests refused before their events were read (origin, auth, rate limit, draining, media type, encoding, size, overloaded), by reason code.',
       labelNames: ['reason'],
       registers,
     }),
@@ -85,6 +86,21 @@ export function createIngestMetrics(registry: Registry, options: { maxInFlightEv
       help: 'Kafka producers replaced by the watchdog: events timed out while the broker led every partition, and their partitions had nothing acknowledged for PRODUCER_STALL_TIMEOUT_SEC.',
       registers,
     }),
+    producerFatalErrors: new Counter({
+      name: 'ingest_producer_fatal_errors_total',
+      help: 'Fatal errors reported by the Kafka producer; each makes ingest not ready until a new producer is connected.',
+      registers,
+    }),
+    admittedRequests: new Gauge({
+      name: 'ingest_http_admitted_requests',
+      help: 'Requests with a body past the header gates and not yet answered (bounded by MAX_CONCURRENT_REQUESTS).',
+      registers,
+    }),
+    bufferedBytes: new Gauge({
+      name: 'ingest_http_buffered_bytes',
+      help: 'Body bytes reserved by admitted requests (bounded by MAX_BUFFERED_BYTES).',
+      registers,
+    }),
     ackDuration: new Histogram({
       name: 'ingest_broker_ack_duration_seconds',
       help: 'Time from handing a request’s events to the producer to the broker’s acknowledgement.',
@@ -94,6 +110,8 @@ export function createIngestMetrics(registry: Registry, options: { maxInFlightEv
   };
   metrics.producerInFlightLimit.set(options.maxInFlightEvents);
   for (const reason of EVENT_REJECT_REASONS) metrics.eventsRejected.inc({ reason }, 0);
+  // Born at 0 too: IngestOverloaded's rate() must see the first refusals.
+  metrics.requestsRefused.inc({ reason: 'overloaded' }, 0);
   return metrics;
 }
 

@@ -644,6 +644,8 @@ let open: IngestService;
 let guarded: IngestService;
 /** MAX_IN_FLIGHT_EVENTS=1 (a batch of two is never admitted), REQUEST_TIMEOUT_SEC=1. */
 let tight: IngestService;
+/** MAX_CONCURRENT_REQUESTS=1: one request whose body is still arriving fills it. */
+let crowded: IngestService;
 
 async function startInstance(env: Record<string, string>): Promise<IngestService> {
   const service = await startIngest(
@@ -678,6 +680,7 @@ before(async () => {
     REQUEST_TIMEOUT_SEC: '1',
     ACK_TIMEOUT_SEC: '0.5',
   });
+  crowded = await startInstance({ MAX_CONCURRENT_REQUESTS: '1' });
 });
 
 after(async () => {
@@ -1054,6 +1057,39 @@ test('events the document calls valid are accepted, those it calls invalid are r
     }
   }
   assert.deepEqual(disagreements, []);
+});
+
+describe('refusals of the abuse bounds', () => {
+  for (const path of ['/activity', '/activities']) {
+    test(`POST ${path}: 403 from an origin not in CORS_ALLOWED_ORIGINS, whatever its type`, async () => {
+      for (const type of ['application/json', 'text/plain']) {
+        const body = path === '/activity' ? event() : [event()];
+        const request = post(path, body, { 'content-type': type, origin: 'https://evil.example' });
+        const response = await send(open, request);
+        assertDocumented(request, response, { status: 403, code: 'origin_not_allowed' });
+        assert.equal(response.headers['access-control-allow-origin'], undefined);
+      }
+    });
+
+    test(`POST ${path}: 503 overloaded with Retry-After past MAX_CONCURRENT_REQUESTS`, async () => {
+      // A request whose body is still arriving holds the one place.
+      const holder = connect({ host: '127.0.0.1', port: crowded.port });
+      holder.on('error', () => {});
+      try {
+        await new Promise<void>((resolve) => holder.once('connect', () => resolve()));
+        holder.write(
+          `POST ${path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n[`,
+        );
+        await new Promise((resolve) => setTimeout(resolve, 300));
+        const body = path === '/activity' ? event() : [event()];
+        const request = post(path, body);
+        const response = await send(crowded, request);
+        assertDocumented(request, response, { status: 503, code: 'overloaded' });
+      } finally {
+        holder.destroy();
+      }
+    });
+  }
 });
 
 test('every documented response was produced for real (500 excepted: only a bug produces it)', () => {

@@ -9,14 +9,17 @@
  * `broker-stall` (docs/RELIABILITY.md).
  */
 import assert from 'node:assert/strict';
+import { createRequire } from 'node:module';
 import { after, before, test } from 'node:test';
 import type kafkaJavascript from '@confluentinc/kafka-javascript';
+import type { LibrdKafkaError } from '@confluentinc/kafka-javascript';
 import { Registry } from 'prom-client';
+import { hasCode } from '../shared/errors.js';
 import type { ActivityEvent } from '../shared/event-schema.js';
 import { createKafka } from '../shared/kafka-client.js';
 import { withDeadline } from '../shared/lifecycle.js';
 import { createLogger } from '../shared/logger.js';
-import { deleteTopics, stackFromEnv, uniqueName, withAdmin } from '../shared/testing.js';
+import { deleteTopics, stackFromEnv, uniqueName, waitFor, withAdmin } from '../shared/testing.js';
 import { EventProducer } from './event-producer.js';
 import { createIngestMetrics } from './metrics.js';
 
@@ -28,6 +31,14 @@ const logger = createLogger('test', 'warn');
 const kafka = createKafka({ brokers: [stack.kafkaBrokers], clientId: 'replace-test', logger });
 
 let producer: EventProducer;
+const registry = new Registry();
+type NativeProducer = InstanceType<typeof kafkaJavascript.Producer>;
+const nativeOf = (p: EventProducer): NativeProducer =>
+  (p as unknown as { producer: NativeProducer }).producer;
+/** The binding's own conversion of a client error event (its text) into the error it emits. */
+const { create: librdkafkaError } = createRequire(import.meta.url)(
+  '@confluentinc/kafka-javascript/lib/error.js',
+) as { create: (e: Error) => LibrdKafkaError };
 
 before(async () => {
   producer = new EventProducer(
@@ -40,7 +51,7 @@ before(async () => {
       ackTimeoutMs: ACK_TIMEOUT_MS,
       maxInFlightEvents: 10_000,
     },
-    createIngestMetrics(new Registry(), { maxInFlightEvents: 10_000 }),
+    createIngestMetrics(registry, { maxInFlightEvents: 10_000 }),
     logger,
   );
   await producer.start();
@@ -111,4 +122,35 @@ test('a replaced producer answers what it held; the new one takes new events', a
     `the topic holds each acknowledged event once (${stored} records, ${acknowledged} acknowledged, ${heldUnknown} unknown)`,
   );
   assert.equal(await producer.leadersKnown(), true, 'the new producer asks the broker too');
+});
+
+test('a fatal producer error: not ready, refused as not stored, replaced, then acknowledged', async () => {
+  const storedBefore = await recordsInTopic();
+  const failed = nativeOf(producer);
+  // librdkafka raises a fatal error only from broker answers a test broker cannot be made to give
+  // (an idempotent producer's sequence broken, its id fenced), so the event is emitted as the
+  // binding emits librdkafka's: its text turned into a LibrdKafkaError, code lost.
+  failed.emit('event.error', librdkafkaError(new Error('Local: Fatal error')));
+  assert.equal(producer.isReady, false, 'not ready once the producer failed');
+  await assert.rejects(
+    producer.produce(events('during', 3), Date.now()),
+    (err: unknown) => hasCode(err, 'broker_unavailable'),
+    'events are refused (not stored) while it is replaced',
+  );
+  await waitFor(async () => (producer.isReady ? true : undefined), {
+    timeoutMs: 20_000,
+    what: 'a new producer after the fatal error',
+  });
+  assert.notEqual(nativeOf(producer), failed, 'the failed producer was replaced');
+  const afterFatal = await producer.produce(events('after-fatal', 50), Date.now());
+  assert.deepEqual(afterFatal, new Array(50).fill(null), 'the new producer acknowledges');
+  const fatal = (await registry.getSingleMetric('ingest_producer_fatal_errors_total')?.get())
+    ?.values[0]?.value;
+  assert.equal(fatal, 1);
+  await waitFor(async () => (producer.retiring ? undefined : true), {
+    timeoutMs: ACK_TIMEOUT_MS + 5_000,
+    what: 'the failed producer to retire',
+  });
+  // Exactly the acknowledged events were written: none of those refused.
+  assert.equal((await recordsInTopic()) - storedBefore, 50);
 });

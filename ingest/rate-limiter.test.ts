@@ -70,18 +70,45 @@ describe('RateLimiter', () => {
     assert.deepEqual(takeMany(limiter, 'b', 2, 0), [0, 0]);
   });
 
-  test('the client map is bounded and forgets the least recently seen client', () => {
+  test('a full table evicts no one: new clients share one overflow bucket', () => {
     const limiter = new RateLimiter(1, 1, 2);
     assert.equal(limiter.take('a', 1, 0), 0);
     assert.equal(limiter.take('b', 1, 0), 0);
-    // `a` is seen again (refused), so `b` is now the least recently seen.
-    assert.ok(limiter.take('a', 1, 0) > 0);
-    assert.equal(limiter.take('c', 1, 0), 0);
+    assert.ok(limiter.take('a', 1, 0) > 0, 'a has used its burst');
+    // The table is full of clients in debt: c and d are charged to the one overflow bucket.
+    assert.equal(limiter.take('c', 1, 0), 0, 'the overflow bucket starts full');
+    assert.ok(limiter.take('d', 1, 0) > 0, 'and is shared by every client not in the table');
     assert.equal(limiter.trackedClients, 2);
-    // `a` was kept with its empty bucket; `b` was forgotten and starts again with a full one.
     assert.ok(limiter.take('a', 1, 0) > 0, 'a is still limited');
-    assert.equal(limiter.take('b', 1, 0), 0, 'b was evicted, so it starts with a full bucket');
+    assert.ok(limiter.take('b', 1, 0) > 0, 'b is still limited');
+  });
+
+  test('a refilled client is forgotten to make room, losing nothing', () => {
+    const limiter = new RateLimiter(1, 2, 2);
+    takeMany(limiter, 'a', 2, 0);
+    takeMany(limiter, 'b', 2, 1_000);
+    // At 2 s `a` (idle 2 s at 1/s, burst 2) is full again: forgetting it equals keeping it.
+    assert.equal(limiter.take('c', 1, 2_000), 0);
     assert.equal(limiter.trackedClients, 2);
+    assert.ok(limiter.take('b', 1, 2_000) === 0, 'b refilled one token');
+    assert.ok(limiter.take('b', 1, 2_000) > 0, 'but only one: b was kept');
+  });
+
+  test('spraying 200,000 addresses neither resets an abuser nor limits a known client', () => {
+    const limiter = new RateLimiter(1, 2, 100_000);
+    let nowMs = 0;
+    let abuserAdmitted = 0;
+    let legitRefused = 0;
+    for (let i = 0; i < 200_000; i++) {
+      nowMs = i / 10; // 10,000 requests a second: 20 s
+      limiter.take(`spoofed-${i}`, 1, nowMs);
+      if (i % 100 === 0 && limiter.take('abuser', 1, nowMs) === 0) abuserAdmitted++;
+      if (i % 20_000 === 0 && limiter.take('legit', 1, nowMs) > 0) legitRefused++;
+    }
+    // Burst 2 plus 1 per second over 20 s.
+    assert.ok(abuserAdmitted <= 2 + 20 + 1, `abuser admitted ${abuserAdmitted} times`);
+    assert.equal(legitRefused, 0);
+    assert.ok(limiter.trackedClients <= 100_000);
   });
 
   test('many distinct clients never grow the map past its bound', () => {

@@ -1,33 +1,32 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { gzipSync } from 'node:zlib';
-import type { HttpRequest } from './http-server.js';
-import { type BodyOutcome, decodeBody } from './request-body.js';
+import { Slots } from './load-bounds.js';
+import { checkMediaType, decodeBody } from './request-body.js';
 
 const TYPES: ReadonlySet<string> = new Set(['application/json', 'text/plain']);
 const EVENT = '{"user_id":"u1","activity_type":"page_view"}';
 
-function request(body: Buffer | string, headers: Record<string, string>): HttpRequest {
-  return {
-    method: 'POST',
-    path: '/activity',
-    query: '',
-    headers,
-    body: typeof body === 'string' ? Buffer.from(body) : body,
-    remoteAddress: '127.0.0.1',
-  };
-}
+type Outcome =
+  | { ok: true; text: string; mediaType: string }
+  | { ok: false; status: number; code: string; message: string };
 
-function decode(
+/** The header gate, then the body, as the request handler runs them. */
+async function decode(
   body: Buffer | string,
   headers: Record<string, string>,
   maxDecompressedBytes = 4096,
-): Promise<BodyOutcome> {
-  return decodeBody(request(body, headers), { mediaTypes: TYPES, maxDecompressedBytes });
+  inflateSlots = new Slots(4),
+): Promise<Outcome> {
+  const head = checkMediaType(headers, TYPES);
+  if (!head.ok) return head;
+  const bytes = typeof body === 'string' ? Buffer.from(body) : body;
+  const outcome = await decodeBody(bytes, headers, { maxDecompressedBytes, inflateSlots });
+  return outcome.ok ? { ...outcome, mediaType: head.mediaType } : outcome;
 }
 
 /** The refusal's status and code, for outcomes that must be refusals. */
-function refused(outcome: BodyOutcome): { status: number; code: string } {
+function refused(outcome: Outcome): { status: number; code: string } {
   assert.ok(!outcome.ok, JSON.stringify(outcome));
   assert.equal(typeof outcome.message, 'string');
   return { status: outcome.status, code: outcome.code };
@@ -73,9 +72,9 @@ describe('decodeBody: media types', () => {
   });
 
   test('the accepted set is the caller’s', async () => {
-    const outcome = await decodeBody(
-      request('{}\n{}', { 'content-type': 'application/x-ndjson' }),
-      { mediaTypes: new Set(['application/x-ndjson']), maxDecompressedBytes: 4096 },
+    const outcome = checkMediaType(
+      { 'content-type': 'application/x-ndjson' },
+      new Set(['application/x-ndjson']),
     );
     assert.ok(outcome.ok);
     assert.equal(outcome.mediaType, 'application/x-ndjson');
@@ -238,5 +237,25 @@ describe('decodeBody: UTF-8', () => {
       text: '',
       mediaType: 'application/json',
     });
+  });
+});
+
+describe('decodeBody: bounded inflation', () => {
+  test('a gzip body while every inflate slot is taken is 503 overloaded, and the slot returns', async () => {
+    const slots = new Slots(1);
+    const release = slots.tryAcquire();
+    assert.ok(release);
+    const gz = gzipSync(EVENT);
+    const headers = { 'content-type': 'application/json', 'content-encoding': 'gzip' };
+    assert.deepEqual(refused(await decode(gz, headers, 4096, slots)), {
+      status: 503,
+      code: 'overloaded',
+    });
+    assert.ok((await decode(EVENT, { 'content-type': 'application/json' }, 4096, slots)).ok);
+    release();
+    assert.ok((await decode(gz, headers, 4096, slots)).ok);
+    assert.equal(slots.inUse, 0, 'the slot is given back after inflating');
+    assert.equal(refused(await decode('not gzip', headers, 4096, slots)).code, 'invalid_gzip');
+    assert.equal(slots.inUse, 0, 'and after a failed inflation');
   });
 });

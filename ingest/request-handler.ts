@@ -6,6 +6,7 @@ import type { StateHolder } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
 import { ApiKeys } from './api-keys.js';
 import { parseBatch } from './batch-parser.js';
+import { type ClientAddressResolver, clientKey } from './client-address.js';
 import type { CorsPolicy } from './cors.js';
 import type { EventProducer } from './event-producer.js';
 import {
@@ -13,10 +14,12 @@ import {
   type HttpHandler,
   type HttpRequest,
   type HttpResponse,
+  type RequestHead,
 } from './http-server.js';
+import type { Slots } from './load-bounds.js';
 import type { IngestMetrics } from './metrics.js';
 import type { RateLimiter } from './rate-limiter.js';
-import { decodeBody } from './request-body.js';
+import { checkMediaType, decodeBody } from './request-body.js';
 
 export interface RequestHandlerDeps {
   producer: EventProducer;
@@ -26,6 +29,11 @@ export interface RequestHandlerDeps {
   cors: CorsPolicy;
   apiKeys: ApiKeys;
   rateLimiter: RateLimiter;
+  clientAddress: ClientAddressResolver;
+  /** False once the service has stopped taking writes (shut down, or not started yet). */
+  acceptingWrites: () => boolean;
+  /** Gzip bodies inflated at once (`MAX_CONCURRENT_DECOMPRESSIONS`). */
+  inflateSlots: Slots;
   maxEventAgeMs: number;
   maxBatchEvents: number;
   maxDecompressedBytes: number;
@@ -60,40 +68,55 @@ const RETRY_AFTER = { 'retry-after': '1' };
 /**
  * Routes requests to the ingest endpoints and answers them. Independent of the HTTP server
  * library: it sees plain request values and returns plain response values.
+ *
+ * Every gate decidable from the head runs in `checkHead`, before the body is read, cheapest
+ * first: endpoint and method (404/405), origin (403), API key (401), rate limit (429), shutdown
+ * (503 `draining`), media type, charset and encoding (415). `handle` then reads the body.
  */
 export function createRequestHandler(deps: RequestHandlerDeps): HttpHandler {
-  return async (request) => {
-    const allowed = ROUTES[request.path];
-    if (allowed === undefined) {
-      return errorResponse(404, 'not_found', `no endpoint at ${request.path}`);
-    }
-    if (!allowed.includes(request.method)) {
-      return errorResponse(
-        405,
-        'method_not_allowed',
-        `${request.method} is not allowed on ${request.path}; use ${allowed.join(' or ')}`,
-        {},
-        { allow: allowed.join(', ') },
-      );
-    }
-    switch (request.path) {
-      case '/healthz':
-        return json(200, { status: 'alive' });
-      case '/readyz':
-        return readiness(deps);
-      case '/metrics':
-        return {
-          status: 200,
-          headers: { 'content-type': deps.registry.contentType },
-          body: await deps.registry.metrics(),
-        };
-      default: {
-        const cors = deps.cors.responseHeaders(request.headers.origin);
-        const response =
-          request.method === 'OPTIONS' ? preflight(request, deps) : await postEvents(request, deps);
-        return { ...response, headers: { ...cors, ...response.headers } };
+  return {
+    checkHead: (head) => {
+      const allowed = ROUTES[head.path];
+      if (allowed === undefined) {
+        return errorResponse(404, 'not_found', `no endpoint at ${head.path}`);
       }
-    }
+      if (!allowed.includes(head.method)) {
+        return errorResponse(
+          405,
+          'method_not_allowed',
+          `${head.method} is not allowed on ${head.path}; use ${allowed.join(' or ')}`,
+          {},
+          { allow: allowed.join(', ') },
+        );
+      }
+      if (head.method !== 'POST') return undefined;
+      const refusal = checkWrite(head, deps);
+      if (refusal === undefined) return undefined;
+      const cors = deps.cors.responseHeaders(head.headers.origin);
+      return { ...refusal, headers: { ...cors, ...refusal.headers } };
+    },
+    handle: async (request) => {
+      switch (request.path) {
+        case '/healthz':
+          return json(200, { status: 'alive' });
+        case '/readyz':
+          return readiness(deps);
+        case '/metrics':
+          return {
+            status: 200,
+            headers: { 'content-type': deps.registry.contentType },
+            body: await deps.registry.metrics(),
+          };
+        default: {
+          const cors = deps.cors.responseHeaders(request.headers.origin);
+          const response =
+            request.method === 'OPTIONS'
+              ? preflight(request, deps)
+              : await postEvents(request, deps);
+          return { ...response, headers: { ...cors, ...response.headers } };
+        }
+      }
+    },
   };
 }
 
@@ -110,17 +133,19 @@ function preflight(request: HttpRequest, deps: RequestHandlerDeps): HttpResponse
   return { status: 204, headers };
 }
 
-/** Gates shared by both POST endpoints, then the endpoint itself. */
-async function postEvents(request: HttpRequest, deps: RequestHandlerDeps): Promise<HttpResponse> {
-  const receivedAtMs = Date.now();
+/** The header gates of both POST endpoints; undefined when the request may be read. */
+function checkWrite(head: RequestHead, deps: RequestHandlerDeps): HttpResponse | undefined {
   const refuse = (status: number, code: string, message: string, headers = {}) => {
     deps.metrics.requestsRefused.inc({ reason: code });
     return errorResponse(status, code, message, {}, headers);
   };
 
-  let client = request.remoteAddress;
+  if (deps.cors.refuses(head.headers.origin)) {
+    return refuse(403, 'origin_not_allowed', 'this origin may not post events here');
+  }
+  let client: string;
   if (deps.apiKeys.enabled) {
-    const key = ApiKeys.presented(request.headers);
+    const key = ApiKeys.presented(head.headers);
     if (key === undefined || !deps.apiKeys.accepts(key)) {
       return refuse(
         401,
@@ -130,26 +155,50 @@ async function postEvents(request: HttpRequest, deps: RequestHandlerDeps): Promi
       );
     }
     client = `key:${key}`;
+  } else {
+    const address = deps.clientAddress.resolve(head.remoteAddress, head.headers['x-forwarded-for']);
+    client = clientKey(address);
   }
-  const waitSec = deps.rateLimiter.take(client, 1, receivedAtMs);
+  const waitSec = deps.rateLimiter.take(client, 1, Date.now());
   if (waitSec > 0) {
     deps.metrics.rateLimited.inc();
     return refuse(429, 'rate_limited', 'too many requests; slow down', {
       'retry-after': String(waitSec),
     });
   }
-  if (deps.state.state !== 'running') {
+  if (!deps.acceptingWrites()) {
     return refuse(503, 'draining', 'the server is shutting down; retry', RETRY_AFTER);
   }
+  const media = checkMediaType(
+    head.headers,
+    head.path === '/activities' ? BATCH_TYPES : SINGLE_TYPES,
+  );
+  if (!media.ok) return refuse(media.status, media.code, media.message);
+  return undefined;
+}
 
+/** A POST that passed the header gates: its body decoded, validated and produced. */
+async function postEvents(request: HttpRequest, deps: RequestHandlerDeps): Promise<HttpResponse> {
+  const receivedAtMs = Date.now();
   const batch = request.path === '/activities';
-  const body = await decodeBody(request, {
-    mediaTypes: batch ? BATCH_TYPES : SINGLE_TYPES,
+  const media = checkMediaType(request.headers, batch ? BATCH_TYPES : SINGLE_TYPES);
+  if (!media.ok) return errorResponse(media.status, media.code, media.message);
+  const body = await decodeBody(request.body, request.headers, {
     maxDecompressedBytes: deps.maxDecompressedBytes,
+    inflateSlots: deps.inflateSlots,
   });
-  if (!body.ok) return refuse(body.status, body.code, body.message);
+  if (!body.ok) {
+    deps.metrics.requestsRefused.inc({ reason: body.code });
+    return errorResponse(
+      body.status,
+      body.code,
+      body.message,
+      {},
+      body.status === 503 ? RETRY_AFTER : {},
+    );
+  }
   return batch
-    ? postBatch(body.text, body.mediaType, receivedAtMs, deps)
+    ? postBatch(body.text, media.mediaType, receivedAtMs, deps)
     : postSingle(body.text, receivedAtMs, deps);
 }
 

@@ -1,12 +1,14 @@
 import { createKafka } from '../shared/kafka-client.js';
-import { type Service, StateHolder, withDeadline } from '../shared/lifecycle.js';
+import { type Service, StateHolder, sleep, withDeadline } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
 import { createServiceRegistry } from '../shared/service-metrics.js';
 import { ApiKeys } from './api-keys.js';
+import { ClientAddressResolver } from './client-address.js';
 import type { IngestConfig } from './config.js';
 import { CorsPolicy } from './cors.js';
 import { EventProducer } from './event-producer.js';
 import { HttpServer } from './http-server.js';
+import { Slots } from './load-bounds.js';
 import { createIngestMetrics, routeLabel } from './metrics.js';
 import { ProducerWatchdog } from './producer-watchdog.js';
 import { RateLimiter } from './rate-limiter.js';
@@ -46,11 +48,18 @@ export async function startIngest(config: IngestConfig, logger: Logger): Promise
     logger.child({ component: 'producer-watchdog' }),
   );
   const cors = new CorsPolicy(config.corsAllowedOrigins);
+  // Writes are taken while running, and through the drain delay after SIGTERM (the listener is
+  // still open then, and a load balancer may still send requests); not once it has closed.
+  let listenerClosed = false;
+  const acceptingWrites = (): boolean =>
+    state.state === 'running' || (state.state === 'draining' && !listenerClosed);
   const http = new HttpServer({
     host: config.host,
     port: config.port,
     maxBodyBytes: config.maxBodyBytes,
     requestTimeoutMs: config.requestTimeoutMs,
+    maxConcurrentRequests: config.maxConcurrentRequests,
+    maxBufferedBytes: config.maxBufferedBytes,
     logger: logger.child({ component: 'http' }),
     handler: createRequestHandler({
       producer,
@@ -60,6 +69,9 @@ export async function startIngest(config: IngestConfig, logger: Logger): Promise
       cors,
       apiKeys: new ApiKeys(config.apiKeys),
       rateLimiter: new RateLimiter(config.rateLimitPerSec, config.rateLimitBurst),
+      clientAddress: new ClientAddressResolver(config.trustedProxies),
+      acceptingWrites,
+      inflateSlots: new Slots(config.maxConcurrentDecompressions),
       maxEventAgeMs: config.maxEventAgeMs,
       maxBatchEvents: config.maxBatchEvents,
       maxDecompressedBytes: config.maxDecompressedBytes,
@@ -71,7 +83,10 @@ export async function startIngest(config: IngestConfig, logger: Logger): Promise
       metrics.httpRequests.inc({ route, method: request.method, status });
       metrics.httpDuration.observe({ route, status }, seconds);
       metrics.httpInFlight.set(http.inFlight);
+      metrics.admittedRequests.set(http.admittedRequests);
+      metrics.bufferedBytes.set(http.bufferedBytes);
     },
+    onRefused: (code) => metrics.requestsRefused.inc({ reason: code }),
   });
 
   try {
@@ -91,10 +106,22 @@ export async function startIngest(config: IngestConfig, logger: Logger): Promise
   let closing: Promise<void> | undefined;
   const close = (): Promise<void> => {
     closing ??= (async () => {
-      // Stop accepting, answer what was received, then flush what the producer still holds.
+      // Not ready at once (load balancers stop routing here), but keep serving for the drain
+      // delay while they notice; then stop accepting, answer what was received, and flush what
+      // the producer still holds.
       state.set('draining');
+      if (config.drainDelayMs > 0) {
+        http.closeConnectionsAfterAnswer();
+        logger.info({ drainDelayMs: config.drainDelayMs }, 'not ready; still serving');
+        await sleep(config.drainDelayMs);
+      }
+      listenerClosed = true;
       http.stopAccepting();
-      await withDeadline(http.drained(), config.shutdownGraceMs, 'answering in-flight requests');
+      await withDeadline(
+        http.drained(),
+        Math.max(1000, config.shutdownGraceMs - config.drainDelayMs),
+        'answering in-flight requests',
+      );
       watchdog.close();
       await producer.close(Math.max(1000, config.shutdownGraceMs / 2));
       state.set('stopped');

@@ -7,6 +7,7 @@ export type PipelineErrorCode =
   | 'config_invalid'
   | 'broker_unavailable'
   | 'broker_timeout'
+  | 'broker_outcome_unknown'
   | 'queue_full'
   | 'database_unavailable'
   | 'database_write_failed'

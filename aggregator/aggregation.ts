@@ -237,6 +237,13 @@ export class Aggregation {
       this.metrics.flushRows.inc(outcome.rows);
       this.metrics.fenceRefused.inc(outcome.fenced);
       this.metrics.closedWindowCounted.inc(outcome.closedCounted);
+      // Events for closed windows whose id the stored membership held already: repeats.
+      let offered = 0;
+      for (const { flush } of flushes) {
+        if (outcome.lost.includes(flush.partition)) continue;
+        for (const pending of flush.closedWindowEvents) offered += pending.events;
+      }
+      this.metrics.duplicates.inc(Math.max(0, offered - outcome.closedCounted));
       this.metrics.flushes.inc({ result: 'ok' });
     } catch (err) {
       for (const { windows, flush } of flushes) windows.restore(flush);

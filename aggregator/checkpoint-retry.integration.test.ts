@@ -70,7 +70,6 @@ test('a checkpoint read cut mid-query at assignment is tried again; counts stay 
     AGGREGATOR_PORT: String(await freeTcpPort()),
     AGGREGATOR_HOST: '127.0.0.1',
     WINDOW_SEC: String(WINDOW_MS / 1000),
-    ALLOWED_LATENESS_SEC: '30',
     FLUSH_INTERVAL_SEC: '0.2',
     WORKERS: '1',
     LOG_LEVEL: 'error',

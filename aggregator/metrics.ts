@@ -121,7 +121,7 @@ export function createAggregatorMetrics(registry: Registry) {
     }),
     duplicates: new Counter({
       name: 'aggregator_records_duplicate_total',
-      help: 'Events not counted because their window had counted their event_id already (a producer retry or a client resend).',
+      help: 'Events not counted because their window had counted their event_id already (a producer retry or a client resend), in memory or in its stored membership.',
       registers,
     }),
     redelivered: new Counter({

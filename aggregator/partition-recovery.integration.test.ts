@@ -202,8 +202,12 @@ describe('loadCheckpoint', () => {
       resumeFrom: null,
       replayFrom: null,
       openWindows: [],
+      closedOpenWindows: [],
+      closedThrough: Number.NEGATIVE_INFINITY,
       finalThrough: Number.NEGATIVE_INFINITY,
+      legacyFinalThrough: Number.NEGATIVE_INFINITY,
       watermark: Number.NEGATIVE_INFINITY,
+      epoch: 0,
     });
   });
 
@@ -249,8 +253,13 @@ describe('loadCheckpoint', () => {
         resumeFrom: 231,
         replayFrom: 140,
         openWindows: [w(2), w(3)],
+        closedOpenWindows: [],
+        // Final rows without stored membership: as a version before membership wrote them.
+        closedThrough: w(1),
         finalThrough: w(1),
+        legacyFinalThrough: w(1),
         watermark: w(3) + 2_000,
+        epoch: 1,
       },
     );
   });
@@ -271,8 +280,12 @@ describe('loadCheckpoint', () => {
       resumeFrom: 41,
       replayFrom: 41,
       openWindows: [],
+      closedOpenWindows: [],
+      closedThrough: w(1),
       finalThrough: w(1),
+      legacyFinalThrough: w(1),
       watermark: w(3),
+      epoch: 1,
     });
   });
 

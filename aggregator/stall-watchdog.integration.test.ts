@@ -79,7 +79,6 @@ async function replacedAfterStop(t: TestContext, name: string, stopCase: StopCas
     AGGREGATOR_PORT: String(await freeTcpPort()),
     AGGREGATOR_HOST: '127.0.0.1',
     WINDOW_SEC: String(WINDOW_MS / 1000),
-    ALLOWED_LATENESS_SEC: '30',
     FLUSH_INTERVAL_SEC: '0.2',
     WORKERS: '1',
     SESSION_TIMEOUT_SEC: String(SESSION_TIMEOUT_SEC),

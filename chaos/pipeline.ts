@@ -140,8 +140,6 @@ export class ChaosPipeline {
       AGGREGATOR_HOST: '127.0.0.1',
       AGGREGATOR_PORT: String(await freeTcpPort()),
       WINDOW_SEC: String(WINDOW_SEC),
-      // Longer than ACK_TIMEOUT_SEC plus the load's jitter: an acknowledged event is never late.
-      ALLOWED_LATENESS_SEC: '30',
       FLUSH_INTERVAL_SEC: '0.5',
       BATCH_SIZE: '2000',
       WORKERS: '1',

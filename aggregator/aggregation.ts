@@ -234,17 +234,6 @@ export class Aggregation {
           ),
         1,
       );
-      this.metrics.flushRows.inc(outcome.rows);
-      this.metrics.fenceRefused.inc(outcome.fenced);
-      this.metrics.closedWindowCounted.inc(outcome.closedCounted);
-      // Events for closed windows whose id the stored membership held already: repeats.
-      let offered = 0;
-      for (const { flush } of flushes) {
-        if (outcome.lost.includes(flush.partition)) continue;
-        for (const pending of flush.closedWindowEvents) offered += pending.events;
-      }
-      this.metrics.duplicates.inc(Math.max(0, offered - outcome.closedCounted));
-      this.metrics.flushes.inc({ result: 'ok' });
     } catch (err) {
       for (const { windows, flush } of flushes) windows.restore(flush);
       this.metrics.flushes.inc({ result: 'error' });
@@ -252,13 +241,30 @@ export class Aggregation {
     } finally {
       stopTimer();
     }
+    if (!outcome.committed) {
+      // Another instance claimed some partition while this flush ran: nothing was written.
+      // Forget the lost ones and write the rest again.
+      const lost = outcome.lost;
+      for (const { windows, flush } of flushes) windows.restore(flush);
+      this.forgetLost(lost);
+      return this.flushOnce(only?.filter((partition) => !lost.includes(partition)));
+    }
+    this.metrics.flushRows.inc(outcome.rows);
+    this.metrics.fenceRefused.inc(outcome.fenced);
+    this.metrics.closedWindowCounted.inc(outcome.closedCounted);
+    // Events for closed windows whose id the stored membership held already: repeats.
+    let offered = 0;
+    for (const { flush } of flushes) {
+      if (outcome.lost.includes(flush.partition)) continue;
+      for (const pending of flush.closedWindowEvents) offered += pending.events;
+    }
+    this.metrics.duplicates.inc(Math.max(0, offered - outcome.closedCounted));
+    this.metrics.flushes.inc({ result: 'ok' });
     const lost = new Set(outcome.lost);
+    this.forgetLost(outcome.lost);
     for (const { windows, flush } of flushes) {
       if (lost.has(windows.partition)) {
-        // Another instance claimed it since: what this one holds is not its to write.
-        this.partitions.delete(windows.partition);
         reflected.delete(windows.partition);
-        this.onLost?.(windows.partition);
         continue;
       }
       windows.settle(flush);
@@ -271,6 +277,15 @@ export class Aggregation {
     if (only === undefined) this.recordsSinceFlush -= pendingAtSnapshot;
     this.updateGauges();
     return reflected;
+  }
+
+  /** Drops partitions another instance claimed: what this one holds is not its to write. */
+  private forgetLost(partitions: readonly number[]): void {
+    for (const partition of partitions) {
+      if (!this.partitions.delete(partition)) continue;
+      this.newestReceiveMs.delete(partition);
+      this.onLost?.(partition);
+    }
   }
 
   private updateGauges(): void {

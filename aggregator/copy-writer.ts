@@ -26,10 +26,12 @@ export interface FlushOutcome {
   /** Events for closed windows that their stored membership did not hold yet (now counted). */
   closedCounted: number;
   /**
-   * Partitions not written at all because another instance claimed them since (their epoch
-   * moved): this instance no longer owns them.
+   * Partitions another instance has claimed since (their epoch moved): this instance no longer
+   * owns them. When any is found only at the end, the whole transaction is rolled back and
+   * nothing is written (`committed` false): write the others again without them.
    */
   lost: number[];
+  committed: boolean;
 }
 
 const COLUMNS = [
@@ -60,8 +62,10 @@ interface RowWithMembership {
  * Writes one flush in one transaction.
  *
  * A partition is written only while this instance owns it: its epoch in `partition_epochs` is
- * still the one it claimed (`claimPartition`), held with a share lock until COMMIT so that a new
- * claim waits for this write. Within a partition the invariant is: a row whose membership is
+ * still the one it claimed (`claimPartition`). The epoch rows are locked (`FOR SHARE`) only at
+ * the end, right before COMMIT, so that a new claim waits for this commit or this write sees the
+ * new epoch and rolls back — and so that an instance frozen mid-write (SIGSTOP, a paused VM)
+ * holds no lock a new owner's claim waits on, except in that last moment. Within a partition the invariant is: a row whose membership is
  * stored (`membership_stored`) always equals the counts of that membership.
  * 1. Windows in memory, still open: their cumulative rows, fenced — a row is only replaced by
  *    figures that reflect the partition consumed at least as far (`through_offset` not older),
@@ -84,13 +88,14 @@ export async function writeFlush(
   allFlushes: readonly PartitionFlush[],
   pauseBeforeCommit?: PauseBeforeCommit,
 ): Promise<FlushOutcome> {
-  const outcome: FlushOutcome = { rows: 0, fenced: 0, closedCounted: 0, lost: [] };
+  const outcome: FlushOutcome = { rows: 0, fenced: 0, closedCounted: 0, lost: [], committed: true };
   const hasWork = (flush: PartitionFlush) =>
     flush.rows.length + flush.closedWindowEvents.length + flush.finals.length > 0;
   if (!allFlushes.some(hasWork)) return outcome;
   await client.query('BEGIN');
   try {
-    const owned = await ownedEpochs(client, allFlushes);
+    // Partitions already lost are left out; the check that counts is the one before COMMIT.
+    const owned = await currentEpochs(client, allFlushes, false);
     const flushes = allFlushes.filter((flush) => {
       if (owned.get(flush.partition) === flush.epoch) return true;
       outcome.lost.push(flush.partition);
@@ -148,6 +153,18 @@ export async function writeFlush(
       pauseBeforeCommit.onPause();
       await new Promise((resolve) => setTimeout(resolve, pauseBeforeCommit.ms));
     }
+    const held = await currentEpochs(client, flushes, true);
+    const lostMeanwhile = flushes.filter((flush) => held.get(flush.partition) !== flush.epoch);
+    if (lostMeanwhile.length > 0) {
+      await client.query('ROLLBACK');
+      return {
+        rows: 0,
+        fenced: 0,
+        closedCounted: 0,
+        lost: [...outcome.lost, ...lostMeanwhile.map((flush) => flush.partition)],
+        committed: false,
+      };
+    }
     await client.query('COMMIT');
     return outcome;
   } catch (err) {
@@ -156,16 +173,17 @@ export async function writeFlush(
   }
 }
 
-/** The current epoch of each flushed partition, share-locked until the transaction ends. */
-async function ownedEpochs(
+/** The current epoch of each flushed partition; with `lock`, share-locked until COMMIT. */
+async function currentEpochs(
   client: ClientBase,
   flushes: readonly PartitionFlush[],
+  lock: boolean,
 ): Promise<Map<number, number>> {
   const windowSeconds = flushes[0]?.windowSeconds ?? 0;
   const result = await client.query<{ source_partition: number; epoch: string }>(
     `SELECT source_partition, epoch FROM partition_epochs
       WHERE window_seconds = $1 AND source_partition = ANY($2::int[])
-      FOR SHARE`,
+      ${lock ? 'FOR SHARE' : ''}`,
     [windowSeconds, flushes.map((flush) => flush.partition)],
   );
   return new Map(result.rows.map((row) => [row.source_partition, Number(row.epoch)]));

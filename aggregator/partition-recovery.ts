@@ -1,5 +1,12 @@
 import type { ClientBase } from 'pg';
 
+/** PostgreSQL's code for a lock not granted within `lock_timeout`. */
+const LOCK_NOT_AVAILABLE = '55P03';
+/** One wait for the epoch row's lock: well within any DATABASE_QUERY_TIMEOUT_SEC allowed. */
+const CLAIM_LOCK_STEP_MS = 1_000;
+/** How long a claim waits for a frozen owner's last transaction: twice its idle timeout. */
+const CLAIM_LOCK_WAIT_MS = 60_000;
+
 /** What PostgreSQL says about one partition: where to resume and what to rebuild. */
 export interface PartitionCheckpoint {
   /** First offset not yet reflected in PostgreSQL; null when the partition has no rows. */
@@ -32,23 +39,35 @@ export async function claimPartition(
   client: ClientBase,
   partition: number,
   windowSeconds: number,
+  lockWaitMs = CLAIM_LOCK_WAIT_MS,
 ): Promise<PartitionCheckpoint> {
-  await client.query('BEGIN');
-  try {
-    const claimed = await client.query<{ epoch: string }>(
-      `INSERT INTO partition_epochs AS e (window_seconds, source_partition, epoch)
-       VALUES ($1, $2, 1)
-       ON CONFLICT (window_seconds, source_partition)
-       DO UPDATE SET epoch = e.epoch + 1, claimed_at = now()
-       RETURNING epoch`,
-      [windowSeconds, partition],
-    );
-    const checkpoint = await loadCheckpoint(client, partition, windowSeconds);
-    await client.query('COMMIT');
-    return { ...checkpoint, epoch: Number(claimed.rows[0]?.epoch) };
-  } catch (err) {
-    await client.query('ROLLBACK').catch(() => {});
-    throw err;
+  const deadline = Date.now() + lockWaitMs;
+  for (;;) {
+    await client.query('BEGIN');
+    try {
+      // The previous owner locks the epoch row for a moment before each COMMIT. If it froze in
+      // that moment, its transaction ends within idle_in_transaction_session_timeout (30 s, set
+      // on every aggregator session): wait for that in short steps, each within the client's
+      // query deadline.
+      await client.query(`SET LOCAL lock_timeout = '${CLAIM_LOCK_STEP_MS}ms'`);
+      const claimed = await client.query<{ epoch: string }>(
+        `INSERT INTO partition_epochs AS e (window_seconds, source_partition, epoch)
+         VALUES ($1, $2, 1)
+         ON CONFLICT (window_seconds, source_partition)
+         DO UPDATE SET epoch = e.epoch + 1, claimed_at = now()
+         RETURNING epoch`,
+        [windowSeconds, partition],
+      );
+      const checkpoint = await loadCheckpoint(client, partition, windowSeconds);
+      await client.query('COMMIT');
+      return { ...checkpoint, epoch: Number(claimed.rows[0]?.epoch) };
+    } catch (err) {
+      await client.query('ROLLBACK').catch(() => {});
+      if ((err as { code?: string }).code !== LOCK_NOT_AVAILABLE || Date.now() > deadline) {
+        throw err;
+      }
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
   }
 }
 

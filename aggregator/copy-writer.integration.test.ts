@@ -7,13 +7,12 @@
  */
 import assert from 'node:assert/strict';
 import { after, describe, test } from 'node:test';
-import pg from 'pg';
-import { withDeadline } from '../shared/lifecycle.js';
-import { stackFromEnv, uniqueName } from '../shared/testing.js';
+import type pg from 'pg';
+import { stackFromEnv } from '../shared/testing.js';
 import { aggregateBatch, packRecords } from './batch-aggregator.js';
 import { writeFlush } from './copy-writer.js';
-import { migrate } from './migrations.js';
 import { claimPartition, loadCheckpoint } from './partition-recovery.js';
+import { TestSchemas } from './test-schemas.js';
 import { PartitionWindows } from './window-state.js';
 
 const stack = stackFromEnv();
@@ -25,36 +24,9 @@ const MAX_AGE_MS = 7 * 86_400_000;
 const T0 = Date.UTC(2024, 4, 1, 12, 0, 0);
 const w = (n: number): number => T0 + n * WINDOW_MS;
 
-const schemas: string[] = [];
-const clients: pg.Client[] = [];
-
-after(async () => {
-  const admin = new pg.Client({ connectionString: stack.databaseUrl });
-  await admin.connect();
-  try {
-    for (const schema of schemas) await admin.query(`DROP SCHEMA IF EXISTS ${schema} CASCADE`);
-  } finally {
-    await admin.end();
-    await Promise.allSettled(
-      clients.map((client) => withDeadline(client.end(), 5_000, 'closing a test connection')),
-    );
-  }
-});
-
-async function freshSchema(): Promise<pg.Client> {
-  const schema = uniqueName('writer');
-  schemas.push(schema);
-  const client = new pg.Client({
-    connectionString: stack.databaseUrl,
-    options: `-c search_path=${schema}`,
-    query_timeout: 20_000,
-  });
-  client.on('error', () => {});
-  await client.connect();
-  clients.push(client);
-  await migrate(client, schema);
-  return client;
-}
+const schemas = new TestSchemas(stack.databaseUrl, 'writer');
+after(() => schemas.dropAll());
+const freshSchema = (): Promise<pg.Client> => schemas.fresh();
 
 interface Sent {
   user: string;

@@ -5,13 +5,14 @@
  */
 import assert from 'node:assert/strict';
 import { after, describe, test } from 'node:test';
-import pg from 'pg';
+import type pg from 'pg';
 import { withDeadline } from '../shared/lifecycle.js';
-import { stackFromEnv, uniqueName } from '../shared/testing.js';
+import { stackFromEnv } from '../shared/testing.js';
 import { ByteStringSet } from './byte-string-set.js';
 import { writeFlush } from './copy-writer.js';
 import { LATEST_SCHEMA_VERSION, migrate } from './migrations.js';
 import { loadCheckpoint, loadStoredPositions } from './partition-recovery.js';
+import { TestSchemas } from './test-schemas.js';
 import type { WindowRow } from './window-state.js';
 
 const stack = stackFromEnv();
@@ -21,30 +22,9 @@ const WINDOW_MS = WINDOW_SEC * 1000;
 const T0 = Date.UTC(2024, 4, 1, 12, 0, 0);
 const w = (n: number): number => T0 + n * WINDOW_MS;
 
-const schemas: string[] = [];
-const clients: pg.Client[] = [];
-
-/** A connection whose unqualified names resolve in `schema`, as the aggregator's do. */
-async function connect(schema: string): Promise<pg.Client> {
-  const client = new pg.Client({
-    connectionString: stack.databaseUrl,
-    options: `-c search_path=${schema}`,
-    query_timeout: 20_000,
-  });
-  client.on('error', () => {});
-  await client.connect();
-  clients.push(client);
-  return client;
-}
-
-/** A fresh, migrated schema and a connection to it. */
-async function freshSchema(): Promise<pg.Client> {
-  const schema = uniqueName('recovery');
-  schemas.push(schema);
-  const client = await connect(schema);
-  await migrate(client, schema);
-  return client;
-}
+const schemas = new TestSchemas(stack.databaseUrl, 'recovery');
+const connect = (schema: string): Promise<pg.Client> => schemas.connect(schema);
+const freshSchema = (): Promise<pg.Client> => schemas.fresh();
 
 function row(overrides: Partial<WindowRow> & Pick<WindowRow, 'windowStart'>): WindowRow {
   return {
@@ -113,23 +93,11 @@ async function stored(client: pg.Client, partition = 0) {
   return result.rows;
 }
 
-after(async () => {
-  const admin = new pg.Client({ connectionString: stack.databaseUrl });
-  await admin.connect();
-  try {
-    for (const schema of schemas) await admin.query(`DROP SCHEMA IF EXISTS ${schema} CASCADE`);
-  } finally {
-    await admin.end();
-    await Promise.allSettled(
-      clients.map((client) => withDeadline(client.end(), 5_000, 'closing a test connection')),
-    );
-  }
-});
+after(() => schemas.dropAll());
 
 describe('migrations', () => {
   test('a fresh schema gets every migration once; running them again applies nothing', async () => {
-    const schema = uniqueName('recovery');
-    schemas.push(schema);
+    const schema = schemas.name();
     const client = await connect(schema);
     const versions = Array.from({ length: LATEST_SCHEMA_VERSION }, (_, i) => i + 1);
     assert.deepEqual(await migrate(client, schema), versions);
@@ -156,8 +124,7 @@ describe('migrations', () => {
     const versions = Array.from({ length: LATEST_SCHEMA_VERSION }, (_, i) => i + 1);
     // A few rounds: which connection wins the race differs from round to round.
     for (let round = 0; round < 5; round++) {
-      const schema = uniqueName('recovery');
-      schemas.push(schema);
+      const schema = schemas.name();
       const racers = await Promise.all([connect(schema), connect(schema), connect(schema)]);
       const pids = await Promise.all(racers.map(backendPid));
       const results = await withDeadline(

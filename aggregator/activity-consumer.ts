@@ -100,8 +100,11 @@ export class ActivityConsumer implements WatchedConsumer {
   /** Partitions whose position is no longer in the topic (OFFSET_RESET=stop): they wait. */
   private readonly stoppedPartitions = new Set<number>();
   private readonly batchesInHand = new Set<Promise<void>>();
-  /** The timer's flush while it runs: a tick during a slow flush is skipped, not queued. */
-  private timedFlush: Promise<void> | undefined;
+  /**
+   * The flush started by the timer or by BATCH_SIZE, while it runs in the background: another
+   * trigger meanwhile is skipped, not queued.
+   */
+  private backgroundFlush: Promise<void> | undefined;
   private stopping = false;
   /** The monitoring commit in flight, if any (see `commitForMonitoring`). */
   private commit: Promise<void> | undefined;
@@ -186,15 +189,23 @@ export class ActivityConsumer implements WatchedConsumer {
     this.timer = setInterval(() => {
       // A paused consumer is not reading its partitions: their silence is not idleness.
       if (this.pausedFor.size === 0) this.aggregation.finalizeIdle(Date.now());
-      // During an outage one flush (with its retries) takes longer than the interval: ticks
-      // meanwhile would pile up flushes without bound.
-      if (this.timedFlush !== undefined) return;
-      this.timedFlush = this.flush()
-        .catch(() => {})
-        .finally(() => {
-          this.timedFlush = undefined;
-        });
+      this.flushInBackground();
     }, this.options.flushIntervalMs);
+  }
+
+  /**
+   * Starts a flush without waiting for it, unless one started this way still runs: during an
+   * outage one flush (with its retries) outlasts the interval, and closing windows write their
+   * membership, so triggers meanwhile would pile up flushes without bound — or, awaited, hold
+   * consumption while PostgreSQL writes.
+   */
+  private flushInBackground(): void {
+    if (this.backgroundFlush !== undefined) return;
+    this.backgroundFlush = this.flush()
+      .catch(() => {})
+      .finally(() => {
+        this.backgroundFlush = undefined;
+      });
   }
 
   /** Connects the current consumer, subscribes and starts delivering batches. */
@@ -243,7 +254,9 @@ export class ActivityConsumer implements WatchedConsumer {
       this.aggregation.closeOldest(this.options.maxHeldUserIds);
       await this.flush().catch(() => {});
     } else if (this.aggregation.pendingRecords >= this.options.batchSize) {
-      await this.flush().catch(() => {});
+      // Not awaited: consumption goes on while PostgreSQL writes. Memory stays bounded by
+      // MAX_HELD_USER_IDS, whose flush (above) is awaited.
+      this.flushInBackground();
     }
   }
 
@@ -377,7 +390,7 @@ export class ActivityConsumer implements WatchedConsumer {
       paused: this.pausedFor.size > 0,
       rebalancing: this.rebalancing > 0,
       batchInHand: this.batchesInHand.size > 0,
-      flushing: this.timedFlush !== undefined,
+      flushing: this.backgroundFlush !== undefined,
     };
   }
 

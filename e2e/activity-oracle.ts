@@ -15,6 +15,8 @@ export interface ClientEvent {
   user_id: string | number;
   activity_type: string;
   timestamp: number | string;
+  /** Repeats of an id already counted in the same window count once (a client resend). */
+  event_id?: string;
 }
 
 /** One window of the view, in the form the tests compare. */
@@ -104,7 +106,7 @@ export function windowStartOf(ms: number, windowMs: number): number {
 export class ActivityOracle {
   private readonly windows = new Map<
     number,
-    { users: Set<string>; pageViews: number; events: number }
+    { users: Set<string>; eventIds: Set<string>; pageViews: number; events: number }
   >();
   private counted = 0;
 
@@ -121,8 +123,12 @@ export class ActivityOracle {
     const start = windowStartOf(ms, this.windowMs);
     let window = this.windows.get(start);
     if (window === undefined) {
-      window = { users: new Set(), pageViews: 0, events: 0 };
+      window = { users: new Set(), eventIds: new Set(), pageViews: 0, events: 0 };
       this.windows.set(start, window);
+    }
+    if (event.event_id !== undefined) {
+      if (window.eventIds.has(event.event_id)) return;
+      window.eventIds.add(event.event_id);
     }
     window.users.add(String(event.user_id));
     window.events++;

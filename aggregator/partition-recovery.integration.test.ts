@@ -97,6 +97,7 @@ async function writeWindowRows(client: pg.Client, rows: readonly WindowRow[]): P
       ],
       closedWindowEvents: [],
       finals: [],
+      unrebuilt: [],
     })),
   );
   return outcome.rows;

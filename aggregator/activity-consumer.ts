@@ -95,6 +95,8 @@ export class ActivityConsumer implements WatchedConsumer {
    * position above can be behind it.
    */
   private readonly storedPositions = new Map<number, number>();
+  /** When each partition was assigned: ends read before that say nothing about its positions. */
+  private readonly assignedAtMs = new Map<number, number>();
   /** Rebalance callbacks running (they read checkpoints, flush): deliveries wait meanwhile. */
   private rebalancing = 0;
   /** The replacement of a stopped consumer, while it runs. */
@@ -334,6 +336,13 @@ export class ActivityConsumer implements WatchedConsumer {
       if (end === undefined || position === 'beginning' || this.stoppedPartitions.has(partition)) {
         continue;
       }
+      // The stop lasts until a restart: only evidence counts. Ends asked for before the
+      // assignment are older than its stored position (another instance wrote it meanwhile:
+      // seen with two replicas, stored 309 against an end of 307 read a moment before); an
+      // answer that is no offset is a partition's error.
+      const assignedAtMs = this.assignedAtMs.get(partition);
+      if (assignedAtMs === undefined || assignedAtMs >= observedAtMs) continue;
+      if (end.low < 0 || end.high < end.low) continue;
       const stored = this.storedPositions.get(partition) ?? position;
       const pastEnd = stored > end.high;
       const gone = position < end.low && this.options.offsetReset === 'stop';
@@ -540,6 +549,7 @@ export class ActivityConsumer implements WatchedConsumer {
         this.aggregation.assign(tp.partition, checkpoint);
         positioned.push({ ...tp, offset: checkpoint.replayFrom ?? OFFSET_BEGINNING });
         this.positions.set(tp.partition, checkpoint.replayFrom ?? 'beginning');
+        this.assignedAtMs.set(tp.partition, Date.now());
         if (checkpoint.resumeFrom === null) this.storedPositions.delete(tp.partition);
         else this.storedPositions.set(tp.partition, checkpoint.resumeFrom);
         this.logger.info({ partition: tp.partition, ...checkpoint }, 'partition assigned');
@@ -567,6 +577,7 @@ export class ActivityConsumer implements WatchedConsumer {
     for (const partition of partitions) {
       this.positions.delete(partition);
       this.storedPositions.delete(partition);
+      this.assignedAtMs.delete(partition);
       this.metrics.partitionLag.remove({ partition: String(partition) });
     }
   }

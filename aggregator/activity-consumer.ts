@@ -89,6 +89,14 @@ export class ActivityConsumer implements WatchedConsumer {
   /** Batches delivered so far, and each assigned partition's next offset to deliver. */
   deliveries = 0;
   readonly positions = new Map<number, Position>();
+  /**
+   * Each assigned partition's stored position (the checkpoint's `resumeFrom`): the first offset
+   * PostgreSQL does not reflect. Reading starts earlier when open windows are rebuilt, so the
+   * position above can be behind it.
+   */
+  private readonly storedPositions = new Map<number, number>();
+  /** When each partition was assigned: ends read before that say nothing about its positions. */
+  private readonly assignedAtMs = new Map<number, number>();
   /** Rebalance callbacks running (they read checkpoints, flush): deliveries wait meanwhile. */
   private rebalancing = 0;
   /** The replacement of a stopped consumer, while it runs. */
@@ -97,7 +105,10 @@ export class ActivityConsumer implements WatchedConsumer {
   private readonly leftBehind = new Set<Consumer>();
   private writesOk = true;
   private pausedFor = new Set<'database'>();
-  /** Partitions whose position is no longer in the topic (OFFSET_RESET=stop): they wait. */
+  /**
+   * Partitions whose position is no longer in the topic: they wait, paused, until the partition
+   * is revoked or the process restarts (an operator decides; see `noteEnds`).
+   */
   private readonly stoppedPartitions = new Set<number>();
   private readonly batchesInHand = new Set<Promise<void>>();
   /**
@@ -319,10 +330,15 @@ export class ActivityConsumer implements WatchedConsumer {
   /**
    * The broker's ends, from the watchdog's look: they tell the aggregation which partitions are
    * caught up (the clock may close their windows), and they find positions that are no longer in
-   * the topic. With OFFSET_RESET=stop such a partition stays stopped — librdkafka, told 'error',
-   * fetches nothing for it — and says so loudly until an operator decides (docs: OPERATIONS,
-   * "stored position missing"). With OFFSET_RESET=earliest librdkafka moves on to the earliest
-   * offset and `noteSkipped` counts the gap.
+   * the topic. A partition stops — paused, loudly, until an operator restarts the process (docs:
+   * OPERATIONS, "AggregatorOffsetsMissing") — when
+   * - its reading position is below the earliest offset (retention removed records it needs),
+   *   with OFFSET_RESET=stop; with OFFSET_RESET=earliest librdkafka moves on to the earliest
+   *   offset and `noteSkipped` counts the gap;
+   * - its stored position lies past the end, whatever OFFSET_RESET says: the topic was recreated
+   *   and its offsets belong to a new log. The reading position can be inside the new log (it is
+   *   where open windows are rebuilt from), so librdkafka would read the new records as a replay
+   *   of the old ones and count none of them.
    */
   noteEnds(ends: ReadonlyMap<number, PartitionEnd>, observedAtMs: number): ReadonlySet<number> {
     const highs = new Map<number, number>();
@@ -330,31 +346,38 @@ export class ActivityConsumer implements WatchedConsumer {
     this.aggregation.noteEnds(highs, observedAtMs);
     for (const [partition, position] of this.positions) {
       const end = ends.get(partition);
-      if (end === undefined || position === 'beginning') continue;
-      const missing = position < end.low || position > end.high;
-      if (!missing || this.options.offsetReset === 'earliest') {
-        if (this.stoppedPartitions.delete(partition)) {
-          this.metrics.offsetsMissing.set({ partition: String(partition) }, 0);
-        }
+      if (end === undefined || position === 'beginning' || this.stoppedPartitions.has(partition)) {
         continue;
       }
-      if (!this.stoppedPartitions.has(partition)) {
-        this.stoppedPartitions.add(partition);
-        this.metrics.offsetsMissing.set({ partition: String(partition) }, 1);
-        this.logger.error(
-          {
-            partition,
-            position,
-            earliest: end.low,
-            end: end.high,
-            cause:
-              position < end.low
-                ? 'retention removed records that were never counted'
-                : 'the stored position lies past the end: the topic was recreated?',
-          },
-          'stored position is no longer in the topic; partition stopped (see OFFSET_RESET)',
-        );
-      }
+      // The stop lasts until a restart: only evidence counts. Ends asked for before the
+      // assignment are older than its stored position (another instance wrote it meanwhile:
+      // seen with two replicas, stored 309 against an end of 307 read a moment before); an
+      // answer that is no offset is a partition's error.
+      const assignedAtMs = this.assignedAtMs.get(partition);
+      if (assignedAtMs === undefined || assignedAtMs >= observedAtMs) continue;
+      if (end.low < 0 || end.high < end.low) continue;
+      const stored = this.storedPositions.get(partition) ?? position;
+      const pastEnd = stored > end.high;
+      const gone = position < end.low && this.options.offsetReset === 'stop';
+      if (!pastEnd && !gone) continue;
+      this.stoppedPartitions.add(partition);
+      this.consumer.pause([{ topic: this.options.topic, partitions: [partition] }]);
+      this.metrics.offsetsMissing.set({ partition: String(partition) }, 1);
+      this.logger.error(
+        {
+          partition,
+          position,
+          stored,
+          earliest: end.low,
+          end: end.high,
+          cause: pastEnd
+            ? 'the stored position lies past the end: the topic was recreated?'
+            : stored < end.low
+              ? 'retention removed records that were never counted'
+              : 'retention removed records of windows still open: they cannot be rebuilt',
+        },
+        'stored position is no longer in the topic; partition stopped (see OFFSET_RESET)',
+      );
     }
     for (const partition of this.stoppedPartitions) {
       if (!this.positions.has(partition)) {
@@ -366,19 +389,22 @@ export class ActivityConsumer implements WatchedConsumer {
   }
 
   /**
-   * A batch that starts past the partition's position skipped records: librdkafka moved on to
-   * the earliest offset (OFFSET_RESET=earliest) because retention had removed them.
+   * A batch that starts past the partition's stored position skipped records that were never
+   * counted: librdkafka moved on to the earliest offset (OFFSET_RESET=earliest) because retention
+   * had removed them. Records between the reading position and the stored position were counted
+   * already (they were only to rebuild open windows): losing them skips nothing.
    */
   private noteSkipped(batch: KafkaJS.Batch): void {
     const position = this.positions.get(batch.partition);
     const first = batch.messages[0];
     if (first === undefined || position === undefined || position === 'beginning') return;
-    const skipped = Number(first.offset) - position;
+    const from = Math.max(position, this.storedPositions.get(batch.partition) ?? position);
+    const skipped = Number(first.offset) - from;
     // One offset can be a transaction's commit marker; more is a gap.
     if (skipped <= 1) return;
     this.metrics.offsetsSkipped.inc({ partition: String(batch.partition) }, skipped);
     this.logger.error(
-      { partition: batch.partition, position, resumedAt: Number(first.offset), skipped },
+      { partition: batch.partition, position: from, resumedAt: Number(first.offset), skipped },
       'records were skipped: the stored position was no longer in the topic',
     );
   }
@@ -512,6 +538,10 @@ export class ActivityConsumer implements WatchedConsumer {
     this.logger.info('consumption resumed');
     this.aggregation.restartIdleClocks(Date.now());
     this.consumer.resume([{ topic: this.options.topic }]);
+    // Stopped partitions stay paused: they wait for an operator, not for the database.
+    if (this.stoppedPartitions.size > 0) {
+      this.consumer.pause([{ topic: this.options.topic, partitions: [...this.stoppedPartitions] }]);
+    }
     this.metrics.consumptionPaused.set(0);
   }
 
@@ -532,6 +562,9 @@ export class ActivityConsumer implements WatchedConsumer {
         this.aggregation.assign(tp.partition, checkpoint);
         positioned.push({ ...tp, offset: checkpoint.replayFrom ?? OFFSET_BEGINNING });
         this.positions.set(tp.partition, checkpoint.replayFrom ?? 'beginning');
+        this.assignedAtMs.set(tp.partition, Date.now());
+        if (checkpoint.resumeFrom === null) this.storedPositions.delete(tp.partition);
+        else this.storedPositions.set(tp.partition, checkpoint.resumeFrom);
         this.logger.info({ partition: tp.partition, ...checkpoint }, 'partition assigned');
       }
       return positioned;
@@ -556,6 +589,8 @@ export class ActivityConsumer implements WatchedConsumer {
     this.aggregation.drop(partitions);
     for (const partition of partitions) {
       this.positions.delete(partition);
+      this.storedPositions.delete(partition);
+      this.assignedAtMs.delete(partition);
       this.metrics.partitionLag.remove({ partition: String(partition) });
     }
   }

@@ -111,6 +111,7 @@ export class Aggregation {
         : delivered.filter((record) => record.offset > through);
     this.metrics.redelivered.inc(delivered.length - records.length);
     if (records.length === 0) return;
+    windows.noteReplayStart((records[0] as ConsumedRecord).offset);
     const stopTimer = this.metrics.workerTaskDuration.startTimer();
     const result = await this.pool.run(windows.batchInput(packRecords(records)));
     stopTimer();

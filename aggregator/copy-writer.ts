@@ -76,11 +76,14 @@ interface RowWithMembership {
  *    counted into the window as closed before it closed here): then step 2 is undone to a
  *    savepoint, the ids are merged (`ON CONFLICT DO NOTHING`) and each row is recounted from
  *    the stored membership.
- * 4. Events for closed windows: those whose id the window's stored membership lacks are counted,
+ * 4. Open windows whose records are gone from the topic (they cannot be rebuilt): closed as
+ *    they stand, their membership empty. The one exception to the invariant above: their
+ *    counts hold events whose ids were lost with the records.
+ * 5. Events for closed windows: those whose id the window's stored membership lacks are counted,
  *    their users too when new to the window, and the row grows by exactly that. Inserting into
  *    the membership is what decides, so a repeat — a replay, a producer retry, a client's
  *    resend — adds nothing.
- * 5. Closed windows that became final.
+ * 6. Closed windows that became final.
  * The offsets the rows reflect are in the rows themselves: the same transaction.
  */
 export async function writeFlush(
@@ -90,7 +93,11 @@ export async function writeFlush(
 ): Promise<FlushOutcome> {
   const outcome: FlushOutcome = { rows: 0, fenced: 0, closedCounted: 0, lost: [], committed: true };
   const hasWork = (flush: PartitionFlush) =>
-    flush.rows.length + flush.closedWindowEvents.length + flush.finals.length > 0;
+    flush.rows.length +
+      flush.closedWindowEvents.length +
+      flush.finals.length +
+      flush.unrebuilt.length >
+    0;
   if (!allFlushes.some(hasWork)) return outcome;
   await client.query('BEGIN');
   try {
@@ -127,6 +134,22 @@ export async function writeFlush(
         await client.query('ROLLBACK TO SAVEPOINT closing');
         outcome.rows += await mergeAndRecount(client, closing);
       }
+    }
+    for (const flush of flushes) {
+      if (flush.unrebuilt.length === 0) continue;
+      // Their records are gone: closed as they stand, so that events for them are counted
+      // through the stored membership (empty) and the checkpoint no longer rebuilds them.
+      const closed = await client.query(
+        `UPDATE user_activity_metrics SET membership_stored = true, updated_at = now()
+          WHERE source_partition = $1 AND window_seconds = $2
+            AND "timestamp" = ANY($3::timestamptz[]) AND NOT membership_stored`,
+        [
+          flush.partition,
+          flush.windowSeconds,
+          flush.unrebuilt.map((start) => new Date(start).toISOString()),
+        ],
+      );
+      outcome.rows += closed.rowCount ?? 0;
     }
     const closedEvents = flushes.filter((flush) => flush.closedWindowEvents.length > 0);
     if (closedEvents.length > 0) {

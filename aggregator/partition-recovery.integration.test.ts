@@ -77,6 +77,7 @@ async function writeWindowRows(client: pg.Client, rows: readonly WindowRow[]): P
       ],
       closedWindowEvents: [],
       finals: [],
+      unrebuilt: [],
     })),
   );
   return outcome.rows;

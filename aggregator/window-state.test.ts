@@ -406,6 +406,58 @@ describe('PartitionWindows: snapshots and settling', () => {
     assert.equal(state.isReplaying, false);
     assert.equal(onlyRow(state, T0).throughOffset, 9);
   });
+
+  test('records of windows to rebuild gone from the topic: those windows close as stored', () => {
+    const state = new PartitionWindows(3, WINDOW_MS, LATENESS_MS, MAX_AGE_MS, {
+      resumeFrom: 10,
+      replayFrom: 5,
+      openWindows: [T0],
+      closedOpenWindows: [],
+      closedThrough: Number.NEGATIVE_INFINITY,
+      finalThrough: Number.NEGATIVE_INFINITY,
+      legacyFinalThrough: Number.NEGATIVE_INFINITY,
+      watermark: T0 + 1,
+      epoch: 1,
+    });
+    // Offsets 5 and 6 are gone (retention; OFFSET_RESET=earliest moved on): T0 cannot be rebuilt.
+    state.noteReplayStart(7);
+    assert.equal(state.isReplaying, false);
+    assert.equal(state.closedThrough, T0);
+    // The rest of the replay was counted already: skipped, not counted again, not rebuilt.
+    const packed = packRecords([
+      { offset: 7, timestampMs: T0 + 2, value: Buffer.from(JSON.stringify(click('a', T0))) },
+    ]);
+    const replayed = aggregateBatch(state.batchInput(packed));
+    assert.equal(replayed.skipped, 1);
+    state.merge(replayed, 7);
+    advance(state, 9);
+    // New events for T0 add to its stored figures through its (empty) stored membership.
+    assert.equal(applyEvent(state, click('b', T0), 10), 'closed window');
+    const flush = state.snapshot();
+    assert.deepEqual(flush.rows, []);
+    assert.deepEqual(flush.unrebuilt, [T0]);
+    assert.equal(flush.closedWindowEvents[0]?.windowStart, T0);
+    state.settle(flush);
+    assert.deepEqual(state.snapshot().unrebuilt, [], 'written once');
+  });
+
+  test('a replay that starts where it should rebuilds as usual', () => {
+    const state = new PartitionWindows(3, WINDOW_MS, LATENESS_MS, MAX_AGE_MS, {
+      resumeFrom: 10,
+      replayFrom: 5,
+      openWindows: [T0],
+      closedOpenWindows: [],
+      closedThrough: Number.NEGATIVE_INFINITY,
+      finalThrough: Number.NEGATIVE_INFINITY,
+      legacyFinalThrough: Number.NEGATIVE_INFINITY,
+      watermark: T0 + 1,
+      epoch: 1,
+    });
+    // One offset can be a transaction's commit marker.
+    state.noteReplayStart(6);
+    assert.equal(state.isReplaying, true);
+    assert.equal(state.closedThrough, Number.NEGATIVE_INFINITY);
+  });
 });
 
 describe('PartitionWindows: offsets', () => {

@@ -74,6 +74,11 @@ export interface PartitionFlush {
   closedWindowEvents: ClosedWindowEvents[];
   /** Closed windows that have become final since their last write. */
   finals: number[];
+  /**
+   * Open windows (as PostgreSQL holds them) whose records are gone from the topic: closed with
+   * their stored figures as they are (see `PartitionWindows.noteReplayStart`).
+   */
+  unrebuilt: number[];
 }
 
 interface WindowAggregate {
@@ -131,6 +136,10 @@ export class PartitionWindows {
   private consumedThrough: number;
   private readonly replayUntil: number;
   private replaying: Float64Array;
+  /** Replayed records up to here are skipped, none rebuilt: see `noteReplayStart`. */
+  private skipThrough = -1;
+  /** Windows that cannot be rebuilt, to be written closed at the next flush. */
+  private unrebuilt: number[] = [];
   private lastRecordWallMs = Date.now();
   /** Records behind the partition's end as of the newest batch: a partition with any is not idle. */
   private backlog = 0;
@@ -175,7 +184,8 @@ export class PartitionWindows {
 
   /** Records at or below this offset are being replayed (already reflected in PostgreSQL). */
   get replayThrough(): number {
-    return this.replaying.length === 0 ? -1 : this.replayUntil;
+    if (this.replaying.length > 0) return this.replayUntil;
+    return this.consumedThrough < this.skipThrough ? this.skipThrough : -1;
   }
 
   /** The windows the replay rebuilds. */
@@ -218,6 +228,29 @@ export class PartitionWindows {
       if (!window.closing) live.push({ start, ids: window.users.size + window.eventIds.size });
     }
     return live.sort((a, b) => a.start - b.start);
+  }
+
+  /**
+   * The replay's next record is at `offset`. Past the next offset expected (one offset can be a
+   * transaction's commit marker), records of the windows being rebuilt are gone from the topic:
+   * retention removed them and the consumer moved on to the earliest offset
+   * (OFFSET_RESET=earliest). Those windows cannot be rebuilt, and rebuilding them from what is
+   * left would replace their stored figures with smaller ones. Instead they close as PostgreSQL
+   * holds them (counted events stay counted); the rest of the replay is skipped, and later events
+   * for them are counted through their stored membership — empty, so their users count as new
+   * there: the cost of the records lost.
+   */
+  noteReplayStart(offset: number): void {
+    if (!this.isReplaying || offset - (this.consumedThrough + 1) <= 1) return;
+    const unrebuilt = [...this.toRebuild, ...this.windows.keys()];
+    this.toRebuild.clear();
+    // Windows in memory during a replay are rebuilt from part of their records only.
+    this.windows.clear();
+    this.unrebuilt.push(...unrebuilt);
+    this.skipThrough = this.replayUntil;
+    this.replaying = new Float64Array(0);
+    const newest = Math.max(...unrebuilt);
+    if (newest > this.closedThroughStart) this.closedThroughStart = newest;
   }
 
   /** The worker input for a batch of this partition: its records plus the state they need. */
@@ -399,7 +432,9 @@ export class PartitionWindows {
       memberships: [],
       closedWindowEvents: [],
       finals: [],
+      unrebuilt: this.unrebuilt,
     };
+    this.unrebuilt = [];
     // Mid-replay figures are older than the rows PostgreSQL holds (the fence would refuse them).
     if (this.isReplaying) return flush;
     for (const [start, window] of this.windows) {
@@ -437,6 +472,7 @@ export class PartitionWindows {
 
   /** Takes back the events for closed windows of a flush that failed, for the next one. */
   restore(flush: PartitionFlush): void {
+    this.unrebuilt.push(...flush.unrebuilt);
     for (const pending of flush.closedWindowEvents) {
       const newer = this.closedEvents.get(pending.windowStart);
       if (newer !== undefined) {
@@ -474,6 +510,7 @@ export class PartitionWindows {
       this.rememberClosed(pending.windowStart, pending.isFinal);
     }
     for (const start of flush.finals) this.newlyFinal.delete(start);
+    for (const start of flush.unrebuilt) this.rememberClosed(start, false);
   }
 
   /** A closed window was written (final or not): make sure its row becomes final in time. */

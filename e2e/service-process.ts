@@ -125,9 +125,12 @@ export class ServiceProcess {
     });
   }
 
-  /** The sum of a metric's samples, or undefined when the process does not answer. */
-  metric(name: string): Promise<number | undefined> {
-    return scrapeMetric(this.port, name);
+  /**
+   * The sum of a metric's samples (those carrying all of `labels`), or undefined when the process
+   * does not answer.
+   */
+  metric(name: string, labels: Readonly<Record<string, string>> = {}): Promise<number | undefined> {
+    return scrapeMetric(this.port, name, labels);
   }
 
   /** The child's last output lines, for failure messages. */

@@ -116,11 +116,10 @@ export function seededRandom(seed: number): () => number {
 }
 
 /**
- * The sum of a metric's samples (every label set) on the /metrics of the service listening on
- * `port` of 127.0.0.1, 0 when it has none, or undefined when the service does not answer.
+ * The text of /metrics of the service listening on `port` of 127.0.0.1, or undefined when the
+ * service does not answer.
  */
-export async function scrapeMetric(port: number, name: string): Promise<number | undefined> {
-  let text: string;
+export async function scrapeMetrics(port: number): Promise<string | undefined> {
   try {
     const response = await fetch(`http://127.0.0.1:${port}/metrics`, {
       signal: AbortSignal.timeout(2_000),
@@ -129,15 +128,46 @@ export async function scrapeMetric(port: number, name: string): Promise<number |
       await response.arrayBuffer().catch(() => undefined);
       return undefined;
     }
-    text = await response.text();
+    return await response.text();
   } catch {
     return undefined;
   }
+}
+
+/**
+ * The sum of a metric's samples in `text` (the Prometheus text format) — every label set, or
+ * only those carrying all of `labels` — 0 when it has none.
+ */
+export function sumSamples(
+  text: string,
+  name: string,
+  labels: Readonly<Record<string, string>> = {},
+): number {
+  const wanted = Object.entries(labels).map(([label, value]) => `${label}="${value}"`);
   let total = 0;
   for (const line of text.split('\n')) {
-    if (line.startsWith(`${name} `) || line.startsWith(`${name}{`)) {
-      total += Number(line.slice(line.lastIndexOf(' ') + 1));
-    }
+    if (!line.startsWith(`${name} `) && !line.startsWith(`${name}{`)) continue;
+    const labelText = line.startsWith(`${name}{`)
+      ? line.slice(name.length + 1, line.indexOf('}'))
+      : '';
+    // Label values here are plain (partition numbers, reasons): no escaped quotes or commas.
+    const present = new Set(labelText.split(','));
+    if (!wanted.every((pair) => present.has(pair))) continue;
+    total += Number(line.slice(line.lastIndexOf(' ') + 1));
   }
   return total;
+}
+
+/**
+ * The sum of a metric's samples on the /metrics of the service listening on `port` of
+ * 127.0.0.1 — every label set, or only those carrying all of `labels` — 0 when it has none, or
+ * undefined when the service does not answer.
+ */
+export async function scrapeMetric(
+  port: number,
+  name: string,
+  labels: Readonly<Record<string, string>> = {},
+): Promise<number | undefined> {
+  const text = await scrapeMetrics(port);
+  return text === undefined ? undefined : sumSamples(text, name, labels);
 }

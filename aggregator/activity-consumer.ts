@@ -340,13 +340,24 @@ export class ActivityConsumer implements WatchedConsumer {
    *   where open windows are rebuilt from), so librdkafka would read the new records as a replay
    *   of the old ones and count none of them.
    */
-  noteEnds(ends: ReadonlyMap<number, PartitionEnd>, observedAtMs: number): ReadonlySet<number> {
+  noteEnds(
+    ends: ReadonlyMap<number, PartitionEnd>,
+    observedAtMs: number,
+    positionsBefore: ReadonlyMap<number, Position>,
+  ): ReadonlySet<number> {
     const highs = new Map<number, number>();
     for (const [partition, end] of ends) highs.set(partition, end.high);
     this.aggregation.noteEnds(highs, observedAtMs);
-    for (const [partition, position] of this.positions) {
+    // Positions taken before the ends were asked for: a position read later can lie past an end
+    // read earlier without anything being wrong.
+    for (const [partition, position] of positionsBefore) {
       const end = ends.get(partition);
-      if (end === undefined || position === 'beginning' || this.stoppedPartitions.has(partition)) {
+      if (
+        end === undefined ||
+        position === 'beginning' ||
+        this.stoppedPartitions.has(partition) ||
+        !this.positions.has(partition)
+      ) {
         continue;
       }
       // The stop lasts until a restart: only evidence counts. Ends asked for before the

@@ -70,7 +70,11 @@ export interface WatchedConsumer {
    * positions that are no longer in the topic. Returns the partitions stopped for that reason:
    * they wait for an operator, not for a new consumer.
    */
-  noteEnds(ends: ReadonlyMap<number, PartitionEnd>, observedAtMs: number): ReadonlySet<number>;
+  noteEnds(
+    ends: ReadonlyMap<number, PartitionEnd>,
+    observedAtMs: number,
+    positionsBefore: ReadonlyMap<number, Position>,
+  ): ReadonlySet<number>;
 }
 
 export interface ConsumerWatchdogOptions {
@@ -137,7 +141,9 @@ export class ConsumerWatchdog {
     const ends = await this.endOffsets();
     if (ends !== undefined) {
       this.refreshLag(positions, ends);
-      for (const partition of this.consumer.noteEnds(ends, askedAtMs)) positions.delete(partition);
+      for (const partition of this.consumer.noteEnds(ends, askedAtMs, positions)) {
+        positions.delete(partition);
+      }
     }
     const excuses = this.consumer.excuses();
     const excused = Object.values(excuses).some(Boolean);

@@ -367,8 +367,10 @@ export class ActivityConsumer implements WatchedConsumer {
       const assignedAtMs = this.assignedAtMs.get(partition);
       if (assignedAtMs === undefined || assignedAtMs >= observedAtMs) continue;
       if (end.low < 0 || end.high < end.low) continue;
-      const stored = this.storedPositions.get(partition) ?? position;
-      const pastEnd = stored > end.high;
+      // The stored position, not the reading one: that one moves with every batch and can pass
+      // an end read a moment ago (seen in a chaos run: every partition of a fresh topic stopped).
+      const stored = this.storedPositions.get(partition);
+      const pastEnd = stored !== undefined && stored > end.high;
       const gone = position < end.low && this.options.offsetReset === 'stop';
       if (!pastEnd && !gone) continue;
       this.stoppedPartitions.add(partition);
@@ -383,7 +385,7 @@ export class ActivityConsumer implements WatchedConsumer {
           end: end.high,
           cause: pastEnd
             ? 'the stored position lies past the end: the topic was recreated?'
-            : stored < end.low
+            : stored === undefined || stored < end.low
               ? 'retention removed records that were never counted'
               : 'retention removed records of windows still open: they cannot be rebuilt',
         },

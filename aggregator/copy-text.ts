@@ -1,8 +1,9 @@
 /**
  * PostgreSQL COPY text format, built as bytes: rows of numbers, timestamps and UTF-8 ids go
  * straight from the aggregator's byte sets into the chunks a COPY stream sends, without a V8
- * string per id.
+ * string per id; and the encoders of what a flush copies (`copy-writer.ts`).
  */
+import type { PartitionFlush, WindowMembership, WindowRow } from './window-state.js';
 
 const CHUNK_BYTES = 256 * 1024;
 const TAB = 0x09;
@@ -84,4 +85,108 @@ export class CopyTextBuilder {
 /** Encodes `text` once, for use with `raw`. */
 export function encodeFields(...fields: string[]): Uint8Array {
   return encoder.encode(fields.map((field) => `${field}\t`).join(''));
+}
+
+/** COPY text of cumulative rows, one chunk per 1,000 rows. Numbers and booleans: no escaping. */
+export function* encodeRows(rows: readonly WindowRow[]): Generator<string> {
+  let chunk = '';
+  for (let i = 0; i < rows.length; i++) {
+    const r = rows[i] as WindowRow;
+    chunk += `${new Date(r.windowStart).toISOString()}\t${r.windowSeconds}\t${r.partition}\t${r.uniqueUsers}\t${r.pageViews}\t${r.events}\t${r.firstOffset}\t${r.throughOffset}\t${Number.isFinite(r.watermark) ? r.watermark : '\\N'}\t${r.isFinal ? 't' : 'f'}\t${r.membershipStored ? 't' : 'f'}\n`;
+    if (i % 1000 === 999) {
+      yield chunk;
+      chunk = '';
+    }
+  }
+  if (chunk.length > 0) yield chunk;
+}
+
+/**
+ * COPY text of (window, window seconds, partition, [page view,] id) for every id of each window's
+ * users, or of its event ids.
+ */
+export function* encodeMembership(
+  entries: ReadonlyArray<{ row: WindowRow; membership: WindowMembership }>,
+  eventIds: boolean,
+): Generator<Uint8Array> {
+  const out = new CopyTextBuilder();
+  for (const { row, membership } of entries) {
+    const prefix = encodeFields(
+      new Date(row.windowStart).toISOString(),
+      String(row.windowSeconds),
+      String(row.partition),
+    );
+    if (eventIds) {
+      const viewed = encodeFields('t');
+      const notViewed = encodeFields('f');
+      let i = 0;
+      membership.eventIds.forEach((arena, start, end) => {
+        const flag = membership.pageViews[i++] === 1 ? viewed : notViewed;
+        out.raw(prefix).raw(flag).lastTextField(arena, start, end).endRow();
+      }, membership.pageViews.length);
+    } else {
+      membership.users.forEach((arena, start, end) => {
+        out.raw(prefix).lastTextField(arena, start, end).endRow();
+      }, membership.userCount);
+    }
+    yield* out.take();
+  }
+  yield* out.finish();
+}
+
+/** COPY text of the events for closed windows: (ord, window, partition, page view, id, user). */
+export function* encodeClosedEvents(flushes: readonly PartitionFlush[]): Generator<Uint8Array> {
+  const out = new CopyTextBuilder();
+  let ord = 0;
+  for (const flush of flushes) {
+    for (const pending of flush.closedWindowEvents) {
+      const window = encodeFields(
+        new Date(pending.windowStart).toISOString(),
+        String(flush.partition),
+      );
+      for (const part of pending.parts) {
+        let idStart = 0;
+        let userStart = 0;
+        for (let i = 0; i < part.eventIds.ends.length; i++) {
+          const idEnd = part.eventIds.ends[i] as number;
+          const userEnd = part.eventIdUsers.ends[i] as number;
+          out
+            .field(String(ord++))
+            .raw(window)
+            .field(String(part.eventIdPageViews[i]))
+            .lastTextField(part.eventIds.bytes, idStart, idEnd)
+            .raw(TAB_BYTES)
+            .lastTextField(part.eventIdUsers.bytes, userStart, userEnd)
+            .endRow();
+          idStart = idEnd;
+          userStart = userEnd;
+        }
+        yield* out.take();
+      }
+    }
+  }
+  yield* out.finish();
+}
+
+const TAB_BYTES = new Uint8Array([0x09]);
+
+/**
+ * COPY text of the closed windows that have events waiting: (window, partition, first offset,
+ * through offset, watermark, final).
+ */
+export function encodeClosedWindows(flushes: readonly PartitionFlush[]): Uint8Array[] {
+  const out = new CopyTextBuilder();
+  for (const flush of flushes) {
+    for (const pending of flush.closedWindowEvents) {
+      out
+        .field(new Date(pending.windowStart).toISOString())
+        .field(String(flush.partition))
+        .field(String(pending.firstOffset))
+        .field(String(flush.throughOffset))
+        .field(Number.isFinite(flush.watermark) ? String(flush.watermark) : '\\N')
+        .field(pending.isFinal ? 't' : 'f')
+        .endRow(true);
+    }
+  }
+  return out.finish();
 }

@@ -2,7 +2,12 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { ClientBase } from 'pg';
 import pgCopyStreams from 'pg-copy-streams';
-import { CopyTextBuilder, encodeFields } from './copy-text.js';
+import {
+  encodeClosedEvents,
+  encodeClosedWindows,
+  encodeMembership,
+  encodeRows,
+} from './copy-text.js';
 import type { PartitionFlush, WindowMembership, WindowRow } from './window-state.js';
 
 const { from: copyFrom } = pgCopyStreams;
@@ -65,8 +70,10 @@ interface RowWithMembership {
  * still the one it claimed (`claimPartition`). The epoch rows are locked (`FOR SHARE`) only at
  * the end, right before COMMIT, so that a new claim waits for this commit or this write sees the
  * new epoch and rolls back — and so that an instance frozen mid-write (SIGSTOP, a paused VM)
- * holds no lock a new owner's claim waits on, except in that last moment. Within a partition the invariant is: a row whose membership is
- * stored (`membership_stored`) always equals the counts of that membership.
+ * holds no lock a new owner's claim waits on, except in that last moment.
+ *
+ * Within a partition the invariant is: a row whose membership is stored (`membership_stored`)
+ * always equals the counts of that membership.
  * 1. Windows in memory, still open: their cumulative rows, fenced — a row is only replaced by
  *    figures that reflect the partition consumed at least as far (`through_offset` not older),
  *    and never once its membership is stored.
@@ -367,20 +374,7 @@ async function countClosedWindowEvents(
        window_start TIMESTAMPTZ, source_partition INTEGER, first_offset BIGINT,
        through_offset BIGINT, watermark_ms BIGINT, is_final BOOLEAN) ON COMMIT DELETE ROWS`,
   );
-  const windows = new CopyTextBuilder();
-  for (const flush of flushes) {
-    for (const pending of flush.closedWindowEvents) {
-      windows
-        .field(new Date(pending.windowStart).toISOString())
-        .field(String(flush.partition))
-        .field(String(pending.firstOffset))
-        .field(String(flush.throughOffset))
-        .field(Number.isFinite(flush.watermark) ? String(flush.watermark) : '\\N')
-        .field(pending.isFinal ? 't' : 'f')
-        .endRow(true);
-    }
-  }
-  await copyInto(client, 'closed_windows_staging', windows.finish());
+  await copyInto(client, 'closed_windows_staging', encodeClosedWindows(flushes));
   await copyInto(client, 'closed_events_staging', encodeClosedEvents(flushes));
   const windowSeconds = flushes[0]?.windowSeconds ?? 0;
   const result = await client.query<{ events: string }>(
@@ -447,20 +441,6 @@ async function copyInto(
   await pipeline(Readable.from(chunks), copy);
 }
 
-/** COPY text of cumulative rows, one chunk per 1,000 rows. Numbers and booleans: no escaping. */
-function* encodeRows(rows: readonly WindowRow[]): Generator<string> {
-  let chunk = '';
-  for (let i = 0; i < rows.length; i++) {
-    const r = rows[i] as WindowRow;
-    chunk += `${new Date(r.windowStart).toISOString()}\t${r.windowSeconds}\t${r.partition}\t${r.uniqueUsers}\t${r.pageViews}\t${r.events}\t${r.firstOffset}\t${r.throughOffset}\t${Number.isFinite(r.watermark) ? r.watermark : '\\N'}\t${r.isFinal ? 't' : 'f'}\t${r.membershipStored ? 't' : 'f'}\n`;
-    if (i % 1000 === 999) {
-      yield chunk;
-      chunk = '';
-    }
-  }
-  if (chunk.length > 0) yield chunk;
-}
-
 /** COPY of the users (or event ids, with their page-view flags) of each entry's window. */
 async function copyMembership(
   client: ClientBase,
@@ -470,72 +450,3 @@ async function copyMembership(
 ): Promise<void> {
   await copyInto(client, target, encodeMembership(entries, eventIds));
 }
-
-/**
- * COPY text of (window, window seconds, partition, [page view,] id) for every id of each window's
- * users, or of its event ids.
- */
-function* encodeMembership(
-  entries: readonly RowWithMembership[],
-  eventIds: boolean,
-): Generator<Uint8Array> {
-  const out = new CopyTextBuilder();
-  for (const { row, membership } of entries) {
-    const prefix = encodeFields(
-      new Date(row.windowStart).toISOString(),
-      String(row.windowSeconds),
-      String(row.partition),
-    );
-    if (eventIds) {
-      const viewed = encodeFields('t');
-      const notViewed = encodeFields('f');
-      let i = 0;
-      membership.eventIds.forEach((arena, start, end) => {
-        const flag = membership.pageViews[i++] === 1 ? viewed : notViewed;
-        out.raw(prefix).raw(flag).lastTextField(arena, start, end).endRow();
-      }, membership.pageViews.length);
-    } else {
-      membership.users.forEach((arena, start, end) => {
-        out.raw(prefix).lastTextField(arena, start, end).endRow();
-      }, membership.userCount);
-    }
-    yield* out.take();
-  }
-  yield* out.finish();
-}
-
-/** COPY text of the events for closed windows: (ord, window, partition, page view, id, user). */
-function* encodeClosedEvents(flushes: readonly PartitionFlush[]): Generator<Uint8Array> {
-  const out = new CopyTextBuilder();
-  let ord = 0;
-  for (const flush of flushes) {
-    for (const pending of flush.closedWindowEvents) {
-      const window = encodeFields(
-        new Date(pending.windowStart).toISOString(),
-        String(flush.partition),
-      );
-      for (const part of pending.parts) {
-        let idStart = 0;
-        let userStart = 0;
-        for (let i = 0; i < part.eventIds.ends.length; i++) {
-          const idEnd = part.eventIds.ends[i] as number;
-          const userEnd = part.eventIdUsers.ends[i] as number;
-          out
-            .field(String(ord++))
-            .raw(window)
-            .field(String(part.eventIdPageViews[i]))
-            .lastTextField(part.eventIds.bytes, idStart, idEnd)
-            .raw(TAB_BYTES)
-            .lastTextField(part.eventIdUsers.bytes, userStart, userEnd)
-            .endRow();
-          idStart = idEnd;
-          userStart = userEnd;
-        }
-        yield* out.take();
-      }
-    }
-  }
-  yield* out.finish();
-}
-
-const TAB_BYTES = new Uint8Array([0x09]);

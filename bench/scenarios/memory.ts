@@ -87,6 +87,9 @@ export const memory: Scenario = {
         records,
         workers: 2,
         capSec: 300,
+        // What is measured is memory per user *held*: the window must stay in memory for the
+        // whole run, even one that crosses the hour's end (a closed window leaves memory). No
+        // count depends on it.
         env: { WINDOW_SEC: '3600', ALLOWED_LATENESS_SEC: '3600' },
         whenStarted: async (service) => {
           idleRss = rssBytes(service.process.pid) ?? 0;

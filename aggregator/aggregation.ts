@@ -254,14 +254,14 @@ export class Aggregation {
     this.metrics.fenceRefused.inc(outcome.fenced);
     this.metrics.closedWindowCounted.inc(outcome.closedCounted);
     // Events for closed windows whose id the stored membership held already: repeats.
+    const lost = new Set(outcome.lost);
     let offered = 0;
     for (const { flush } of flushes) {
-      if (outcome.lost.includes(flush.partition)) continue;
+      if (lost.has(flush.partition)) continue;
       for (const pending of flush.closedWindowEvents) offered += pending.events;
     }
     this.metrics.duplicates.inc(Math.max(0, offered - outcome.closedCounted));
     this.metrics.flushes.inc({ result: 'ok' });
-    const lost = new Set(outcome.lost);
     this.forgetLost(outcome.lost);
     for (const { windows, flush } of flushes) {
       if (lost.has(windows.partition)) {
@@ -282,11 +282,9 @@ export class Aggregation {
 
   /** Drops partitions another instance claimed: what this one holds is not its to write. */
   private forgetLost(partitions: readonly number[]): void {
-    for (const partition of partitions) {
-      if (!this.partitions.delete(partition)) continue;
-      this.newestReceiveMs.delete(partition);
-      this.onLost?.(partition);
-    }
+    const held = partitions.filter((partition) => this.partitions.has(partition));
+    this.drop(held);
+    for (const partition of held) this.onLost?.(partition);
   }
 
   private updateGauges(): void {

@@ -85,13 +85,19 @@ async function partitionEnds(resources: TestResources) {
   });
 }
 
+/** A producer with every acknowledgement awaited; disconnected at cleanup if still connected. */
+async function connectedProducer(resources: TestResources): Promise<Producer> {
+  const producer = resources.kafka.producer({ kafkaJS: { acks: -1 } });
+  await producer.connect();
+  resources.defer('closing a producer', () => producer.disconnect());
+  return producer;
+}
+
 async function setUp(t: TestContext, prefix: string) {
   const resources = await createTestResources(prefix, stack, logger);
   t.after(() => resources.cleanup());
   await resources.createTopic(PARTITIONS);
-  const producer = resources.kafka.producer({ kafkaJS: { acks: -1 } });
-  await producer.connect();
-  resources.defer('closing the producer', () => producer.disconnect());
+  const producer = await connectedProducer(resources);
   const port = String(await freeTcpPort());
   /** A new aggregator process on the same port, group and schema; killed at cleanup. */
   const aggregator = (env: Record<string, string> = {}): AggregatorProcess => {
@@ -273,6 +279,10 @@ test('a recreated topic (stored positions past its end) stops the partitions lou
   const stored = await storedPositions(resources);
 
   // The topic deleted and created again with the same name: its offsets start at 0 again.
+  // The producer goes first: the test broker auto-creates topics, as Redpanda does by default,
+  // and a producer that knows the topic refreshes its metadata and brings it straight back,
+  // with the broker's default partition count.
+  await producer.disconnect();
   await withAdmin(stack.kafkaBrokers, logger, (admin) =>
     admin.deleteTopics({ topics: [resources.topic], timeout: 10_000 }),
   );
@@ -297,8 +307,9 @@ test('a recreated topic (stored positions past its end) stops the partitions lou
   );
   assert.equal(recreated.partitions, PARTITIONS, 'the topic came back with other partitions');
   // Fewer records than before: every stored position lies past the new end.
+  const fresh = await connectedProducer(resources);
   for (const p of partitions) {
-    await produce(producer, resources.topic, p, eventsFor(p, 'new', 5, w1 - WINDOW_MS));
+    await produce(fresh, resources.topic, p, eventsFor(p, 'new', 5, w1 - WINDOW_MS));
   }
 
   const stopped = aggregator();

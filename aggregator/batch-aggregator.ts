@@ -209,9 +209,15 @@ function decodeRecord(
       nowMs: Number.POSITIVE_INFINITY,
       maxAgeMs: null,
       requireTimestamp: true,
+      record: true,
     });
   }
-  return validateEvent(value, { nowMs: appendedMs, maxAgeMs, requireTimestamp: true });
+  return validateEvent(value, {
+    nowMs: appendedMs,
+    maxAgeMs,
+    requireTimestamp: true,
+    record: true,
+  });
 }
 
 /** The records of a batch, in the transferable buffers of a BatchInput. */

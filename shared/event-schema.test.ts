@@ -663,3 +663,30 @@ function randomEventLike(random: Random): unknown {
   }
   return input;
 }
+
+describe('validateEvent: the fields ingest stamps on a record', () => {
+  const RECORD: ValidationOptions = { ...OPTIONS, record: true };
+
+  test('a client may not send site or time_zone', () => {
+    rejected(event({ site: 'shop' }), 'unknown_field', 'site');
+    rejected(event({ time_zone: 'UTC' }), 'unknown_field', 'time_zone');
+  });
+
+  test('a record keeps its site and time zone; a record without them has none', () => {
+    const stamped = accepted(event({ site: 'shop-2.eu', time_zone: 'Asia/Kathmandu' }), RECORD);
+    assert.equal(stamped.site, 'shop-2.eu');
+    assert.equal(stamped.time_zone, 'Asia/Kathmandu');
+    const plain = accepted(event(), RECORD);
+    assert.equal(plain.site, undefined);
+    assert.equal(plain.time_zone, undefined);
+  });
+
+  test('a record with a malformed site or an unknown time zone is invalid', () => {
+    for (const site of ['', 'Shop', '-shop', 'a/b', 'x'.repeat(64), 7]) {
+      rejected(event({ site }), 'invalid_string', 'site', RECORD);
+    }
+    for (const zone of ['', 'Mars/Olympus', 'Europe/', 42]) {
+      rejected(event({ time_zone: zone }), 'invalid_string', 'time_zone', RECORD);
+    }
+  });
+});

@@ -14,6 +14,13 @@ export interface ActivityEvent {
   timestamp: number;
   event_id?: string;
   properties?: Record<string, unknown>;
+  /**
+   * The site the event belongs to, stamped by ingest from the write key (never sent by a
+   * client). A record without one belongs to `DEFAULT_SITE`.
+   */
+  site?: string;
+  /** The site's IANA time zone, stamped by ingest with `site`: its hour and day rollups follow it. */
+  time_zone?: string;
 }
 
 /** The activity type counted as a page view. */
@@ -31,6 +38,13 @@ export const EVENT_LIMITS = {
   maxFutureMs: 5 * 60_000,
 } as const;
 
+/** The site of events sent without a write key, or with a key that names no site. */
+export const DEFAULT_SITE = 'default';
+
+/** A site name: lower-case letters, digits, `.`, `_` and `-`, starting with a letter or digit. */
+export const SITE_NAME = /^[a-z0-9][a-z0-9._-]{0,62}$/;
+
+/** The fields a client sends. */
 export const EVENT_FIELDS = [
   'user_id',
   'activity_type',
@@ -38,6 +52,9 @@ export const EVENT_FIELDS = [
   'event_id',
   'properties',
 ] as const;
+
+/** The fields ingest stamps on a record: accepted from the topic, refused from a client. */
+export const RECORD_FIELDS = ['site', 'time_zone'] as const;
 
 /** Machine-readable reasons an event is rejected (metrics start a series at 0 for each). */
 export const EVENT_REJECT_CODES = [
@@ -68,9 +85,12 @@ export interface ValidationOptions {
   maxAgeMs: number | null;
   /** When true a missing timestamp is an error instead of defaulting to `nowMs`. */
   requireTimestamp?: boolean;
+  /** A record read from the topic: it may carry the fields ingest stamps (`RECORD_FIELDS`). */
+  record?: boolean;
 }
 
 const KNOWN_FIELDS = new Set<string>(EVENT_FIELDS);
+const KNOWN_RECORD_FIELDS = new Set<string>([...EVENT_FIELDS, ...RECORD_FIELDS]);
 const RFC3339 =
   /^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?([Zz]|([+-])(\d{2}):(\d{2}))$/;
 
@@ -80,8 +100,9 @@ export function validateEvent(input: unknown, options: ValidationOptions): Event
     return reject('not_an_object', undefined, 'an event must be a JSON object');
   }
   const record = input as Record<string, unknown>;
+  const known = options.record === true ? KNOWN_RECORD_FIELDS : KNOWN_FIELDS;
   for (const key of Object.keys(record)) {
-    if (!KNOWN_FIELDS.has(key)) {
+    if (!known.has(key)) {
       return reject(
         'unknown_field',
         key,
@@ -121,7 +142,50 @@ export function validateEvent(input: unknown, options: ValidationOptions): Event
     if (!properties.ok) return properties;
     event.properties = properties.value;
   }
+  if (options.record === true) {
+    const stamped = checkStamped(record, event);
+    if (stamped !== undefined) return stamped;
+  }
   return { ok: true, event };
+}
+
+/** Checks the site and time zone ingest stamped on a record, and copies them to `event`. */
+function checkStamped(
+  record: Record<string, unknown>,
+  event: ActivityEvent,
+): Extract<EventValidation, { ok: false }> | undefined {
+  if (record.site !== undefined) {
+    if (typeof record.site !== 'string' || !SITE_NAME.test(record.site)) {
+      return reject('invalid_string', 'site', `site must match ${SITE_NAME}`);
+    }
+    event.site = record.site;
+  }
+  if (record.time_zone !== undefined) {
+    if (typeof record.time_zone !== 'string' || !isTimeZone(record.time_zone)) {
+      return reject('invalid_string', 'time_zone', 'time_zone must be an IANA time zone name');
+    }
+    event.time_zone = record.time_zone;
+  }
+  return undefined;
+}
+
+/** Zones checked already: a record stream names a handful, and each is checked once. */
+const knownZones = new Map<string, boolean>();
+const KNOWN_ZONES_MAX = 1024;
+
+/** True when `name` is an IANA time zone this runtime knows (`Europe/Berlin`, `UTC`). */
+export function isTimeZone(name: string): boolean {
+  let known = knownZones.get(name);
+  if (known === undefined) {
+    try {
+      new Intl.DateTimeFormat('en', { timeZone: name });
+      known = name.length > 0 && name.length <= 64;
+    } catch {
+      known = false;
+    }
+    if (knownZones.size < KNOWN_ZONES_MAX) knownZones.set(name, known);
+  }
+  return known;
 }
 
 /** Parses one UTF-8 JSON record (as the aggregator receives it) and validates it. */

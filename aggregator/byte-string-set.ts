@@ -48,6 +48,15 @@ export class ByteStringSet {
    * Throws a RangeError for more than 65,535 bytes (the schema allows far less).
    */
   add(source: Uint8Array, start: number, end: number): boolean {
+    return this.insert(source, start, end) > 0;
+  }
+
+  /**
+   * Adds `source[start..end)` like `add`, and says where the entry is: its arena position + 1
+   * when it was added now, minus that when the set held it already. An entry's position never
+   * changes (`arenaBytes`, `entryEnd`).
+   */
+  insert(source: Uint8Array, start: number, end: number): number {
     const length = end - start;
     if (length > MAX_ENTRY_BYTES) throw new RangeError(`an entry of ${length} bytes is too long`);
     const hash = hashBytes(source, start, end);
@@ -57,7 +66,7 @@ export class ByteStringSet {
       const position = this.slots[slot] as number;
       if (position === 0) break;
       if (this.hashes[slot] === hash && this.holds(position - 1, source, start, length)) {
-        return false;
+        return -position;
       }
       slot = (slot + 1) & mask;
     }
@@ -67,10 +76,23 @@ export class ByteStringSet {
       slot = hash & mask;
       while (this.slots[slot] !== 0) slot = (slot + 1) & mask;
     }
-    this.slots[slot] = this.append(source, start, length) + 1;
+    const position = this.append(source, start, length) + 1;
+    this.slots[slot] = position;
     this.hashes[slot] = hash;
     this.count++;
-    return true;
+    return position;
+  }
+
+  /** The arena as it is now: the bytes at an entry's position are never moved or changed. */
+  get arenaBytes(): Uint8Array {
+    return this.arena;
+  }
+
+  /** The bytes of the entry at arena `position`: `arenaBytes[position + 2 .. entryEnd)`. */
+  entryEnd(position: number): number {
+    const arena = this.arena;
+    const length = (arena[position] as number) | ((arena[position + 1] as number) << 8);
+    return position + LENGTH_BYTES + length;
   }
 
   /**

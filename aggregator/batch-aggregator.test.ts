@@ -878,6 +878,8 @@ class ModelTables {
         windowStart: pending.windowStart,
         windowSeconds: flush.windowSeconds,
         partition: flush.partition,
+        site: pending.site,
+        timeZone: pending.timeZone,
         uniqueUsers: (stored?.uniqueUsers ?? 0) + newUsers,
         pageViews: (stored?.pageViews ?? 0) + pageViews,
         events: (stored?.events ?? 0) + events,

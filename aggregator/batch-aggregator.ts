@@ -11,7 +11,7 @@
  * partition state passed in, never on batch boundaries or the clock, so a replay after a crash
  * decides exactly as the first pass did.
  */
-import { PAGE_VIEW, validateEvent } from '../shared/event-schema.js';
+import { DEFAULT_SITE, PAGE_VIEW, validateEvent } from '../shared/event-schema.js';
 import { type PackedStrings, PackedStringsBuilder } from './packed-strings.js';
 
 /** One partition's batch, packed so that the buffers can be transferred to a worker. */
@@ -45,8 +45,11 @@ export interface BatchInput {
   replayWindows: Float64Array;
 }
 
+/** The zone of a record that names none (written before ingest stamped sites). */
+export const DEFAULT_TIME_ZONE = 'UTC';
+
 /**
- * The events of one window from one batch, in offset order, each once: the main thread counts
+ * The events of one site in one window from one batch, in offset order, each once: the main thread counts
  * those its window has not counted yet. Every event has an id: its `event_id`, or for an event
  * sent without one a synthetic id made from its offset (`syntheticEventId`), so that a repeated
  * record (a producer retry, a client resend) counts once and a replay can be recognised. Ids
@@ -55,12 +58,19 @@ export interface BatchInput {
  */
 export interface WindowPartial {
   start: number;
+  site: string;
+  /** The site's time zone, as the first of these events names it. */
+  timeZone: string;
   firstOffset: number;
   eventIds: PackedStrings;
   /** The user of each of `eventIds`. */
   eventIdUsers: PackedStrings;
   /** 1 where the event of `eventIds` at the same index is a page view, else 0. */
   eventIdPageViews: Uint8Array;
+  /** The activity types of these events, each once. */
+  types: string[];
+  /** The activity type of each of `eventIds`: an index into `types`. */
+  eventIdTypes: Uint32Array;
 }
 
 export interface BatchResult {
@@ -90,18 +100,23 @@ export function syntheticEventId(offset: number): string {
   return `offset:${offset}`.padStart(65, '~');
 }
 
-/** A window of the batch while it is being built. */
+/** A site's window of the batch while it is being built. */
 interface WindowBuild {
   start: number;
+  site: string;
+  timeZone: string;
   firstOffset: number;
   eventIds: Set<string>;
   identified: PackedStringsBuilder;
   identifiedUsers: PackedStringsBuilder;
   identifiedPageViews: number[];
+  types: Map<string, number>;
+  identifiedTypes: number[];
 }
 
 export function aggregateBatch(input: BatchInput): BatchResult {
-  const windows = new Map<number, WindowBuild>();
+  /** Per site, per window start. */
+  const windows = new Map<string, Map<number, WindowBuild>>();
   const replayWindows = new Set(input.replayWindows);
   const invalid: BatchResult['invalid'] = [];
   const late: number[] = [];
@@ -146,17 +161,27 @@ export function aggregateBatch(input: BatchInput): BatchResult {
       const bounded = appendedMs >= 0 ? Math.min(event.timestamp, appendedMs) : watermark;
       if (bounded > watermark) watermark = bounded;
     }
-    let window = windows.get(windowStart);
+    const site = event.site ?? DEFAULT_SITE;
+    let siteWindows = windows.get(site);
+    if (siteWindows === undefined) {
+      siteWindows = new Map();
+      windows.set(site, siteWindows);
+    }
+    let window = siteWindows.get(windowStart);
     if (window === undefined) {
       window = {
         start: windowStart,
+        site,
+        timeZone: event.time_zone ?? DEFAULT_TIME_ZONE,
         firstOffset: offset,
         eventIds: new Set(),
         identified: new PackedStringsBuilder(),
         identifiedUsers: new PackedStringsBuilder(),
         identifiedPageViews: [],
+        types: new Map(),
+        identifiedTypes: [],
       };
-      windows.set(windowStart, window);
+      siteWindows.set(windowStart, window);
     }
     const eventId = event.event_id ?? syntheticEventId(offset);
     if (window.eventIds.has(eventId)) {
@@ -167,17 +192,29 @@ export function aggregateBatch(input: BatchInput): BatchResult {
     window.identified.push(eventId);
     window.identifiedUsers.push(event.user_id);
     window.identifiedPageViews.push(event.activity_type === PAGE_VIEW ? 1 : 0);
+    let type = window.types.get(event.activity_type);
+    if (type === undefined) {
+      type = window.types.size;
+      window.types.set(event.activity_type, type);
+    }
+    window.identifiedTypes.push(type);
   }
 
   const partials: WindowPartial[] = [];
-  for (const window of windows.values()) {
-    partials.push({
-      start: window.start,
-      firstOffset: window.firstOffset,
-      eventIds: window.identified.finish(),
-      eventIdUsers: window.identifiedUsers.finish(),
-      eventIdPageViews: Uint8Array.from(window.identifiedPageViews),
-    });
+  for (const siteWindows of windows.values()) {
+    for (const window of siteWindows.values()) {
+      partials.push({
+        start: window.start,
+        site: window.site,
+        timeZone: window.timeZone,
+        firstOffset: window.firstOffset,
+        eventIds: window.identified.finish(),
+        eventIdUsers: window.identifiedUsers.finish(),
+        eventIdPageViews: Uint8Array.from(window.identifiedPageViews),
+        types: [...window.types.keys()],
+        eventIdTypes: Uint32Array.from(window.identifiedTypes),
+      });
+    }
   }
   return { windows: partials, watermarkOut: watermark, invalid, late, skipped, duplicates };
 }

@@ -87,12 +87,15 @@ export function encodeFields(...fields: string[]): Uint8Array {
   return encoder.encode(fields.map((field) => `${field}\t`).join(''));
 }
 
-/** COPY text of cumulative rows, one chunk per 1,000 rows. Numbers and booleans: no escaping. */
+/**
+ * COPY text of cumulative rows, one chunk per 1,000 rows. Numbers, booleans, site names and zone
+ * names need no escaping (the schema allows no tab, newline or backslash in either).
+ */
 export function* encodeRows(rows: readonly WindowRow[]): Generator<string> {
   let chunk = '';
   for (let i = 0; i < rows.length; i++) {
     const r = rows[i] as WindowRow;
-    chunk += `${new Date(r.windowStart).toISOString()}\t${r.windowSeconds}\t${r.partition}\t${r.uniqueUsers}\t${r.pageViews}\t${r.events}\t${r.firstOffset}\t${r.throughOffset}\t${Number.isFinite(r.watermark) ? r.watermark : '\\N'}\t${r.isFinal ? 't' : 'f'}\t${r.membershipStored ? 't' : 'f'}\n`;
+    chunk += `${new Date(r.windowStart).toISOString()}\t${r.windowSeconds}\t${r.partition}\t${r.site}\t${r.timeZone}\t${r.uniqueUsers}\t${r.pageViews}\t${r.events}\t${r.firstOffset}\t${r.throughOffset}\t${Number.isFinite(r.watermark) ? r.watermark : '\\N'}\t${r.isFinal ? 't' : 'f'}\t${r.membershipStored ? 't' : 'f'}\n`;
     if (i % 1000 === 999) {
       yield chunk;
       chunk = '';
@@ -102,8 +105,8 @@ export function* encodeRows(rows: readonly WindowRow[]): Generator<string> {
 }
 
 /**
- * COPY text of (window, window seconds, partition, [page view,] id) for every id of each window's
- * users, or of its event ids.
+ * COPY text of each window's users — (window, window seconds, partition, site, user) — or of its
+ * events — (window, window seconds, partition, site, page view, user, activity type, event id).
  */
 export function* encodeMembership(
   entries: ReadonlyArray<{ row: WindowRow; membership: WindowMembership }>,
@@ -115,14 +118,26 @@ export function* encodeMembership(
       new Date(row.windowStart).toISOString(),
       String(row.windowSeconds),
       String(row.partition),
+      row.site,
     );
     if (eventIds) {
       const viewed = encodeFields('t');
       const notViewed = encodeFields('f');
+      const types = membership.typeNames.map(encodeTextField);
+      const users = membership.users;
+      const arena = users.arenaBytes;
       let i = 0;
-      membership.eventIds.forEach((arena, start, end) => {
-        const flag = membership.pageViews[i++] === 1 ? viewed : notViewed;
-        out.raw(prefix).raw(flag).lastTextField(arena, start, end).endRow();
+      membership.eventIds.forEach((ids, start, end) => {
+        const user = membership.eventUsers[i] as number;
+        out
+          .raw(prefix)
+          .raw(membership.pageViews[i] === 1 ? viewed : notViewed)
+          .lastTextField(arena, user + 2, users.entryEnd(user))
+          .raw(TAB_BYTES)
+          .raw(types[membership.eventTypes[i] as number] as Uint8Array)
+          .lastTextField(ids, start, end)
+          .endRow();
+        i++;
       }, membership.pageViews.length);
     } else {
       membership.users.forEach((arena, start, end) => {
@@ -134,7 +149,29 @@ export function* encodeMembership(
   yield* out.finish();
 }
 
-/** COPY text of the events for closed windows: (ord, window, partition, page view, id, user). */
+/** A text field, escaped for COPY, followed by a tab: for `raw`. */
+export function encodeTextField(text: string): Uint8Array {
+  const bytes = encoder.encode(text);
+  const out = new CopyTextBuilder();
+  out.lastTextField(bytes, 0, bytes.length).raw(TAB_BYTES);
+  return concat(out.finish());
+}
+
+function concat(chunks: readonly Uint8Array[]): Uint8Array {
+  if (chunks.length === 1) return chunks[0] as Uint8Array;
+  const joined = new Uint8Array(chunks.reduce((sum, chunk) => sum + chunk.length, 0));
+  let at = 0;
+  for (const chunk of chunks) {
+    joined.set(chunk, at);
+    at += chunk.length;
+  }
+  return joined;
+}
+
+/**
+ * COPY text of the events for closed windows: (ord, window, partition, site, page view, user,
+ * activity type, event id).
+ */
 export function* encodeClosedEvents(flushes: readonly PartitionFlush[]): Generator<Uint8Array> {
   const out = new CopyTextBuilder();
   let ord = 0;
@@ -143,8 +180,10 @@ export function* encodeClosedEvents(flushes: readonly PartitionFlush[]): Generat
       const window = encodeFields(
         new Date(pending.windowStart).toISOString(),
         String(flush.partition),
+        pending.site,
       );
       for (const part of pending.parts) {
+        const types = part.types.map(encodeTextField);
         let idStart = 0;
         let userStart = 0;
         for (let i = 0; i < part.eventIds.ends.length; i++) {
@@ -154,9 +193,10 @@ export function* encodeClosedEvents(flushes: readonly PartitionFlush[]): Generat
             .field(String(ord++))
             .raw(window)
             .field(String(part.eventIdPageViews[i]))
-            .lastTextField(part.eventIds.bytes, idStart, idEnd)
-            .raw(TAB_BYTES)
             .lastTextField(part.eventIdUsers.bytes, userStart, userEnd)
+            .raw(TAB_BYTES)
+            .raw(types[part.eventIdTypes[i] as number] as Uint8Array)
+            .lastTextField(part.eventIds.bytes, idStart, idEnd)
             .endRow();
           idStart = idEnd;
           userStart = userEnd;
@@ -171,8 +211,8 @@ export function* encodeClosedEvents(flushes: readonly PartitionFlush[]): Generat
 const TAB_BYTES = new Uint8Array([0x09]);
 
 /**
- * COPY text of the closed windows that have events waiting: (window, partition, first offset,
- * through offset, watermark, final).
+ * COPY text of the closed windows that have events waiting: (window, partition, site, time zone,
+ * first offset, through offset, watermark, final).
  */
 export function encodeClosedWindows(flushes: readonly PartitionFlush[]): Uint8Array[] {
   const out = new CopyTextBuilder();
@@ -181,6 +221,8 @@ export function encodeClosedWindows(flushes: readonly PartitionFlush[]): Uint8Ar
       out
         .field(new Date(pending.windowStart).toISOString())
         .field(String(flush.partition))
+        .field(pending.site)
+        .field(pending.timeZone)
         .field(String(pending.firstOffset))
         .field(String(flush.throughOffset))
         .field(Number.isFinite(flush.watermark) ? String(flush.watermark) : '\\N')

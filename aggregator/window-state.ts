@@ -8,12 +8,15 @@ import {
 import { ByteStringSet } from './byte-string-set.js';
 import type { PartitionCheckpoint } from './partition-recovery.js';
 
-/** The figures of one event-time window in one partition, as written to PostgreSQL. */
+/** The figures of one site in one event-time window of one partition, as written to PostgreSQL. */
 export interface WindowRow {
   /** Window start, epoch ms, aligned to the epoch. */
   windowStart: number;
   windowSeconds: number;
   partition: number;
+  site: string;
+  /** The site's time zone: the window's hour and day (rollups) are the zone's. */
+  timeZone: string;
   uniqueUsers: number;
   pageViews: number;
   events: number;
@@ -29,11 +32,12 @@ export interface WindowRow {
 }
 
 /**
- * The users and event ids of a window held in memory: written beside its row when it closes, or
- * when PostgreSQL turns out to hold the window closed already (another instance closed it).
+ * The users and events of a site's window held in memory: written beside its row when it closes,
+ * or when PostgreSQL turns out to hold the window closed already (another instance closed it).
  */
 export interface WindowMembership {
   windowStart: number;
+  site: string;
   users: ByteStringSet;
   eventIds: ByteStringSet;
   /** The users as of the snapshot: the set's first `userCount` entries. */
@@ -43,6 +47,11 @@ export interface WindowMembership {
    * length is the number of event ids as of the snapshot.
    */
   pageViews: Uint8Array;
+  /** The user of each event id, by position: its arena position in `users`. */
+  eventUsers: Int32Array;
+  /** The activity type of each event id, by position: an index into `typeNames`. */
+  eventTypes: Uint32Array;
+  typeNames: readonly string[];
 }
 
 /**
@@ -51,6 +60,8 @@ export interface WindowMembership {
  */
 export interface ClosedWindowEvents {
   windowStart: number;
+  site: string;
+  timeZone: string;
   firstOffset: number;
   isFinal: boolean;
   /** The batches' lists, as the worker returned them (each id once per list, not across lists). */
@@ -81,17 +92,30 @@ export interface PartitionFlush {
   unrebuilt: number[];
 }
 
-interface WindowAggregate {
-  /** The window's distinct user ids, as UTF-8 bytes (see `byte-string-set.ts`). */
+/** One site's events in a window held in memory. */
+interface SiteAggregate {
+  timeZone: string;
+  /** The distinct user ids, as UTF-8 bytes (see `byte-string-set.ts`). */
   users: ByteStringSet;
-  /** The ids of the events counted in this window: an event seen again is not counted twice. */
+  /** The ids of the events counted: an event seen again is not counted twice. */
   eventIds: ByteStringSet;
   /** Per event id, in insertion order: 1 for a page view. */
   pageViewFlags: Uint8Array;
+  /** Per event id, in insertion order: its user's arena position in `users`. */
+  eventUsers: Int32Array;
+  /** Per event id, in insertion order: its activity type, an index into `typeNames`. */
+  eventTypes: Uint32Array;
+  typeNames: string[];
+  typeIndexes: Map<string, number>;
   events: number;
   pageViews: number;
   firstOffset: number;
   dirty: boolean;
+}
+
+interface WindowAggregate {
+  /** Per site: users and events are a site's own (one user id in two sites is two users). */
+  sites: Map<string, SiteAggregate>;
   /** Being written with its membership, then dropped: nothing is merged into it any more. */
   closing: boolean;
 }
@@ -130,8 +154,8 @@ export class PartitionWindows {
    * was stored) is still rebuilt and closed rather than counted around.
    */
   private readonly toRebuild: Set<number>;
-  /** Events for closed windows, counted at the next flush. */
-  private closedEvents = new Map<number, ClosedWindowEvents>();
+  /** Events for closed windows, counted at the next flush; by `closedEventsKey`. */
+  private closedEvents = new Map<string, ClosedWindowEvents>();
   private closedEventCount = 0;
   private consumedThrough: number;
   private readonly replayUntil: number;
@@ -210,14 +234,18 @@ export class PartitionWindows {
   /** User ids held: in the windows in memory, and one per event waiting for a closed window. */
   get heldUsers(): number {
     let total = this.closedEventCount;
-    for (const window of this.windows.values()) total += window.users.size;
+    for (const window of this.windows.values()) {
+      for (const site of window.sites.values()) total += site.users.size;
+    }
     return total;
   }
 
   /** Event ids held: in the windows in memory, and one per event waiting for a closed window. */
   get heldEventIds(): number {
     let total = this.closedEventCount;
-    for (const window of this.windows.values()) total += window.eventIds.size;
+    for (const window of this.windows.values()) {
+      for (const site of window.sites.values()) total += site.eventIds.size;
+    }
     return total;
   }
 
@@ -225,7 +253,10 @@ export class PartitionWindows {
   liveWindows(): Array<{ start: number; ids: number }> {
     const live: Array<{ start: number; ids: number }> = [];
     for (const [start, window] of this.windows) {
-      if (!window.closing) live.push({ start, ids: window.users.size + window.eventIds.size });
+      if (window.closing) continue;
+      let ids = 0;
+      for (const site of window.sites.values()) ids += site.users.size + site.eventIds.size;
+      live.push({ start, ids });
     }
     return live.sort((a, b) => a.start - b.start);
   }
@@ -253,15 +284,20 @@ export class PartitionWindows {
     if (newest > this.closedThroughStart) this.closedThroughStart = newest;
   }
 
-  /** The worker input for a batch of this partition: its records plus the state they need. */
-  batchInput(packed: PackedRecords): BatchInput {
+  /**
+   * The worker input for a batch of this partition: its records plus the state they need.
+   * Windows starting before `membershipFrom` may have lost their membership to retention
+   * (`membershipHorizon`): their events are dead-lettered as late, never counted against it.
+   */
+  batchInput(packed: PackedRecords, membershipFrom = Number.NEGATIVE_INFINITY): BatchInput {
     return {
       partition: this.partition,
       ...packed,
       windowMs: this.windowMs,
       maxAgeMs: this.maxAgeMs,
       watermarkIn: this.currentWatermark,
-      legacyFinalThrough: this.legacyFinalThrough,
+      // Windows whose membership retention may have dropped take events no more than those.
+      legacyFinalThrough: Math.max(this.legacyFinalThrough, membershipFrom - this.windowMs),
       replayThrough: this.replayThrough,
       replayWindows: this.replaying,
     };
@@ -289,44 +325,18 @@ export class PartitionWindows {
           closed += this.addClosedWindowEvents(partial);
           continue;
         }
-        window = {
-          users: new ByteStringSet(partial.eventIdUsers.ends.length),
-          eventIds: new ByteStringSet(partial.eventIds.ends.length),
-          pageViewFlags: new Uint8Array(Math.max(16, partial.eventIds.ends.length)),
-          events: 0,
-          pageViews: 0,
-          firstOffset: partial.firstOffset,
-          dirty: true,
-          closing: false,
-        };
+        window = { sites: new Map(), closing: false };
         this.windows.set(partial.start, window);
-      } else if (partial.firstOffset < window.firstOffset) {
-        window.firstOffset = partial.firstOffset;
       }
-      const { eventIds, eventIdUsers, eventIdPageViews } = partial;
-      let idStart = 0;
-      let userStart = 0;
-      for (let i = 0; i < eventIds.ends.length; i++) {
-        const idEnd = eventIds.ends[i] as number;
-        const userEnd = eventIdUsers.ends[i] as number;
-        if (window.eventIds.add(eventIds.bytes, idStart, idEnd)) {
-          window.users.add(eventIdUsers.bytes, userStart, userEnd);
-          const pageView = eventIdPageViews[i] as number;
-          if (window.events === window.pageViewFlags.length) {
-            const grown = new Uint8Array(window.pageViewFlags.length * 2);
-            grown.set(window.pageViewFlags);
-            window.pageViewFlags = grown;
-          }
-          window.pageViewFlags[window.events] = pageView;
-          window.events++;
-          window.pageViews += pageView;
-        } else {
-          duplicates++;
-        }
-        idStart = idEnd;
-        userStart = userEnd;
+      let site = window.sites.get(partial.site);
+      if (site === undefined) {
+        site = newSiteAggregate(partial);
+        window.sites.set(partial.site, site);
+      } else if (partial.firstOffset < site.firstOffset) {
+        site.firstOffset = partial.firstOffset;
       }
-      window.dirty = true;
+      duplicates += mergePartial(site, partial);
+      site.dirty = true;
     }
     if (lastOffset > this.consumedThrough) this.consumedThrough = lastOffset;
     if (this.consumedThrough >= this.replayUntil && this.replaying.length > 0) {
@@ -342,16 +352,19 @@ export class PartitionWindows {
 
   private addClosedWindowEvents(partial: WindowPartial): number {
     const count = partial.eventIds.ends.length;
-    let pending = this.closedEvents.get(partial.start);
+    const key = closedEventsKey(partial.start, partial.site);
+    let pending = this.closedEvents.get(key);
     if (pending === undefined) {
       pending = {
         windowStart: partial.start,
+        site: partial.site,
+        timeZone: partial.timeZone,
         firstOffset: partial.firstOffset,
         isFinal: false,
         parts: [],
         events: 0,
       };
-      this.closedEvents.set(partial.start, pending);
+      this.closedEvents.set(key, pending);
     }
     pending.parts.push(partial);
     pending.events += count;
@@ -410,10 +423,7 @@ export class PartitionWindows {
     if (this.isReplaying) return;
     if (start > this.closedThroughStart) this.closedThroughStart = start;
     for (const [windowStart, window] of this.windows) {
-      if (windowStart <= start && !window.closing) {
-        window.closing = true;
-        window.dirty = true;
-      }
+      if (windowStart <= start && !window.closing) markClosing(window);
     }
   }
 
@@ -438,27 +448,35 @@ export class PartitionWindows {
     // Mid-replay figures are older than the rows PostgreSQL holds (the fence would refuse them).
     if (this.isReplaying) return flush;
     for (const [start, window] of this.windows) {
-      if (!window.dirty) continue;
-      flush.rows.push({
-        windowStart: start,
-        windowSeconds: flush.windowSeconds,
-        partition: this.partition,
-        uniqueUsers: window.users.size,
-        pageViews: window.pageViews,
-        events: window.events,
-        firstOffset: window.firstOffset,
-        throughOffset: this.consumedThrough,
-        watermark: this.currentWatermark,
-        isFinal: start <= this.finalThroughStart,
-        membershipStored: window.closing,
-      });
-      flush.memberships.push({
-        windowStart: start,
-        users: window.users,
-        eventIds: window.eventIds,
-        userCount: window.users.size,
-        pageViews: window.pageViewFlags.slice(0, window.events),
-      });
+      for (const [name, site] of window.sites) {
+        if (!site.dirty) continue;
+        flush.rows.push({
+          windowStart: start,
+          windowSeconds: flush.windowSeconds,
+          partition: this.partition,
+          site: name,
+          timeZone: site.timeZone,
+          uniqueUsers: site.users.size,
+          pageViews: site.pageViews,
+          events: site.events,
+          firstOffset: site.firstOffset,
+          throughOffset: this.consumedThrough,
+          watermark: this.currentWatermark,
+          isFinal: start <= this.finalThroughStart,
+          membershipStored: window.closing,
+        });
+        flush.memberships.push({
+          windowStart: start,
+          site: name,
+          users: site.users,
+          eventIds: site.eventIds,
+          userCount: site.users.size,
+          pageViews: site.pageViewFlags.slice(0, site.events),
+          eventUsers: site.eventUsers.slice(0, site.events),
+          eventTypes: site.eventTypes.slice(0, site.events),
+          typeNames: site.typeNames.slice(),
+        });
+      }
     }
     for (const pending of this.closedEvents.values()) {
       pending.isFinal = pending.windowStart <= this.finalThroughStart;
@@ -474,13 +492,14 @@ export class PartitionWindows {
   restore(flush: PartitionFlush): void {
     this.unrebuilt.push(...flush.unrebuilt);
     for (const pending of flush.closedWindowEvents) {
-      const newer = this.closedEvents.get(pending.windowStart);
+      const key = closedEventsKey(pending.windowStart, pending.site);
+      const newer = this.closedEvents.get(key);
       if (newer !== undefined) {
         pending.parts.push(...newer.parts);
         pending.events += newer.events;
         pending.firstOffset = Math.min(pending.firstOffset, newer.firstOffset);
       }
-      this.closedEvents.set(pending.windowStart, pending);
+      this.closedEvents.set(key, pending);
       this.closedEventCount += pending.events - (newer?.events ?? 0);
     }
   }
@@ -495,15 +514,20 @@ export class PartitionWindows {
       const window = this.windows.get(row.windowStart);
       if (window === undefined) continue;
       if (row.membershipStored) {
-        // Closing since the snapshot: nothing was merged into it after, so all of it is written.
+        // Closing since the snapshot: nothing was merged into it after, so all of it (every
+        // site's row) is written.
         this.windows.delete(row.windowStart);
         this.rememberClosed(row.windowStart, row.isFinal);
-      } else if (
+        continue;
+      }
+      const site = window.sites.get(row.site);
+      if (
+        site !== undefined &&
         !window.closing &&
-        window.events === row.events &&
+        site.events === row.events &&
         row.isFinal === row.windowStart <= this.finalThroughStart
       ) {
-        window.dirty = false;
+        site.dirty = false;
       }
     }
     for (const pending of flush.closedWindowEvents) {
@@ -535,10 +559,7 @@ export class PartitionWindows {
     this.finalThroughStart = start;
     if (start > this.closedThroughStart) this.closedThroughStart = start;
     for (const [windowStart, window] of this.windows) {
-      if (windowStart <= start) {
-        window.closing = true;
-        window.dirty = true;
-      }
+      if (windowStart <= start) markClosing(window);
     }
     for (const windowStart of this.closedOpen) {
       if (windowStart <= start) {
@@ -547,4 +568,82 @@ export class PartitionWindows {
       }
     }
   }
+}
+
+function closedEventsKey(windowStart: number, site: string): string {
+  return `${site} ${windowStart}`;
+}
+
+function markClosing(window: WindowAggregate): void {
+  window.closing = true;
+  for (const site of window.sites.values()) site.dirty = true;
+}
+
+function newSiteAggregate(partial: WindowPartial): SiteAggregate {
+  const expected = partial.eventIds.ends.length;
+  const capacity = Math.max(16, expected);
+  return {
+    timeZone: partial.timeZone,
+    users: new ByteStringSet(partial.eventIdUsers.ends.length),
+    eventIds: new ByteStringSet(expected),
+    pageViewFlags: new Uint8Array(capacity),
+    eventUsers: new Int32Array(capacity),
+    eventTypes: new Uint32Array(capacity),
+    typeNames: [],
+    typeIndexes: new Map(),
+    events: 0,
+    pageViews: 0,
+    firstOffset: partial.firstOffset,
+    dirty: true,
+  };
+}
+
+/** Merges a partial's events into its site's window; returns how many it had counted already. */
+function mergePartial(site: SiteAggregate, partial: WindowPartial): number {
+  const { eventIds, eventIdUsers, eventIdPageViews, eventIdTypes } = partial;
+  // The partial's type indexes, as this window's.
+  const types = partial.types.map((name) => {
+    let index = site.typeIndexes.get(name);
+    if (index === undefined) {
+      index = site.typeNames.length;
+      site.typeNames.push(name);
+      site.typeIndexes.set(name, index);
+    }
+    return index;
+  });
+  let duplicates = 0;
+  let idStart = 0;
+  let userStart = 0;
+  for (let i = 0; i < eventIds.ends.length; i++) {
+    const idEnd = eventIds.ends[i] as number;
+    const userEnd = eventIdUsers.ends[i] as number;
+    if (site.eventIds.add(eventIds.bytes, idStart, idEnd)) {
+      const user = Math.abs(site.users.insert(eventIdUsers.bytes, userStart, userEnd)) - 1;
+      if (site.events === site.pageViewFlags.length) growEventArrays(site);
+      const pageView = eventIdPageViews[i] as number;
+      site.pageViewFlags[site.events] = pageView;
+      site.eventUsers[site.events] = user;
+      site.eventTypes[site.events] = types[eventIdTypes[i] as number] as number;
+      site.events++;
+      site.pageViews += pageView;
+    } else {
+      duplicates++;
+    }
+    idStart = idEnd;
+    userStart = userEnd;
+  }
+  return duplicates;
+}
+
+function growEventArrays(site: SiteAggregate): void {
+  const capacity = site.pageViewFlags.length * 2;
+  const flags = new Uint8Array(capacity);
+  flags.set(site.pageViewFlags);
+  site.pageViewFlags = flags;
+  const users = new Int32Array(capacity);
+  users.set(site.eventUsers);
+  site.eventUsers = users;
+  const types = new Uint32Array(capacity);
+  types.set(site.eventTypes);
+  site.eventTypes = types;
 }

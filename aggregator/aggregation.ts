@@ -1,9 +1,15 @@
 import { packRecords } from './batch-aggregator.js';
-import { type FlushOutcome, type PauseBeforeCommit, writeFlush } from './copy-writer.js';
+import {
+  type FlushOutcome,
+  type PauseBeforeCommit,
+  type RollupSettings,
+  writeFlush,
+} from './copy-writer.js';
 import type { Database } from './database.js';
 import type { DeadLetter, DeadLetterProducer } from './dead-letter.js';
 import type { AggregatorMetrics } from './metrics.js';
 import type { PartitionCheckpoint } from './partition-recovery.js';
+import { membershipHorizon } from './retention.js';
 import { type PartitionFlush, PartitionWindows } from './window-state.js';
 import type { WorkerPool } from './worker-pool.js';
 
@@ -28,6 +34,8 @@ export interface AggregationOptions {
    * (the consumer watchdog reads them every few seconds).
    */
   endOffsetsFreshMs: number;
+  /** How flushes keep the hour and day figures; null: they keep none. */
+  rollups: RollupSettings | null;
   /** Fault injection only: hold every flush between the upsert and COMMIT. */
   pauseBeforeCommit?: PauseBeforeCommit;
 }
@@ -113,7 +121,12 @@ export class Aggregation {
     if (records.length === 0) return;
     windows.noteReplayStart((records[0] as ConsumedRecord).offset);
     const stopTimer = this.metrics.workerTaskDuration.startTimer();
-    const result = await this.pool.run(windows.batchInput(packRecords(records)));
+    const result = await this.pool.run(
+      windows.batchInput(
+        packRecords(records),
+        membershipHorizon(Date.now(), this.options.maxAgeMs),
+      ),
+    );
     stopTimer();
 
     const letters: DeadLetter[] = [];
@@ -231,6 +244,7 @@ export class Aggregation {
           writeFlush(
             client,
             flushes.map(({ flush }) => flush),
+            this.options.rollups,
             this.options.pauseBeforeCommit,
           ),
         1,
@@ -253,6 +267,8 @@ export class Aggregation {
     this.metrics.flushRows.inc(outcome.rows);
     this.metrics.fenceRefused.inc(outcome.fenced);
     this.metrics.closedWindowCounted.inc(outcome.closedCounted);
+    this.metrics.rolledUp.inc(outcome.rollups.events);
+    this.metrics.otherTyped.inc(outcome.rollups.otherTyped);
     // Events for closed windows whose id the stored membership held already: repeats.
     const lost = new Set(outcome.lost);
     let offered = 0;

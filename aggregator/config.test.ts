@@ -35,6 +35,11 @@ describe('readAggregatorConfig', () => {
       deadLetterTopic: 'incoming.user_activity.dlq',
       maxHeldUserIds: 5_000_000,
       offsetReset: 'stop',
+      rollups: true,
+      maxActivityTypes: 100,
+      minuteRowsRetentionMs: 30 * 86_400_000,
+      hourRowsRetentionMs: 400 * 86_400_000,
+      dayRowsRetentionMs: null,
       databaseQueryTimeoutMs: 15_000,
       consumerStallTimeoutMs: 10_000,
       shutdownGraceMs: 25_000,
@@ -62,6 +67,11 @@ describe('readAggregatorConfig', () => {
       DLQ_TOPIC: 'activity.dead',
       MAX_HELD_USER_IDS: '2000',
       OFFSET_RESET: 'earliest',
+      ROLLUPS: 'off',
+      MAX_ACTIVITY_TYPES: '20',
+      MINUTE_ROWS_RETENTION_DAYS: '3',
+      HOUR_ROWS_RETENTION_DAYS: '90',
+      DAY_ROWS_RETENTION_DAYS: '3650',
       DATABASE_QUERY_TIMEOUT_SEC: '2.5',
       CONSUMER_STALL_TIMEOUT_SEC: '40',
       SHUTDOWN_GRACE_SEC: '5',
@@ -86,6 +96,11 @@ describe('readAggregatorConfig', () => {
       deadLetterTopic: 'activity.dead',
       maxHeldUserIds: 2000,
       offsetReset: 'earliest',
+      rollups: false,
+      maxActivityTypes: 20,
+      minuteRowsRetentionMs: 3 * 86_400_000,
+      hourRowsRetentionMs: 90 * 86_400_000,
+      dayRowsRetentionMs: 3650 * 86_400_000,
       databaseQueryTimeoutMs: 2500,
       consumerStallTimeoutMs: 40_000,
       shutdownGraceMs: 5000,
@@ -133,5 +148,26 @@ describe('readAggregatorConfig', () => {
   test('windows must be whole seconds', () => {
     const err = configError({ WINDOW_SEC: '2.5' });
     assert.match(err.message, /WINDOW_SEC must be a whole number of seconds/);
+  });
+
+  test('with rollups on, a window must divide 15 minutes (one hour of every zone)', () => {
+    const err = configError({ WINDOW_SEC: '3600' });
+    assert.match(err.message, /WINDOW_SEC must divide 900/);
+    for (const seconds of ['1', '10', '60', '300', '900']) {
+      assert.equal(readAggregatorConfig({ WINDOW_SEC: seconds }).windowMs, Number(seconds) * 1000);
+    }
+    assert.equal(readAggregatorConfig({ WINDOW_SEC: '3600', ROLLUPS: 'off' }).windowMs, 3_600_000);
+  });
+
+  test('minute rows outlive the age bound by two days', () => {
+    const err = configError({ MAX_EVENT_AGE_SEC: String(29 * 86_400) });
+    assert.match(err.message, /MINUTE_ROWS_RETENTION_DAYS must be at least/);
+    assert.equal(
+      readAggregatorConfig({
+        MAX_EVENT_AGE_SEC: String(29 * 86_400),
+        MINUTE_ROWS_RETENTION_DAYS: '31',
+      }).minuteRowsRetentionMs,
+      31 * 86_400_000,
+    );
   });
 });

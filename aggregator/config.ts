@@ -45,6 +45,19 @@ export interface AggregatorConfig {
    * still there, counting what was skipped.
    */
   offsetReset: 'stop' | 'earliest';
+  /**
+   * Keep the hour and day figures (`period_metrics`) as windows close. Off only to measure what
+   * they cost (`make bench`).
+   */
+  rollups: boolean;
+  /** Activity types each site's rollups count by name; the rest count as `other`. */
+  maxActivityTypes: number;
+  /** How long minute rows are kept (at least MAX_EVENT_AGE_SEC plus two days). */
+  minuteRowsRetentionMs: number;
+  /** How long hour rows are kept. */
+  hourRowsRetentionMs: number;
+  /** How long day rows are kept; null keeps them forever. */
+  dayRowsRetentionMs: number | null;
   /** Client-side deadline of one database query. */
   databaseQueryTimeoutMs: number;
   /**
@@ -82,6 +95,11 @@ export function readAggregatorConfig(env: NodeJS.ProcessEnv): AggregatorConfig {
     deadLetterTopic: r.optionalString('DLQ_TOPIC') ?? '',
     maxHeldUserIds: r.int('MAX_HELD_USER_IDS', 5_000_000, { min: 1000, max: 1_000_000_000 }),
     offsetReset: r.oneOf('OFFSET_RESET', 'stop', ['stop', 'earliest']),
+    rollups: r.oneOf('ROLLUPS', 'on', ['on', 'off']) === 'on',
+    maxActivityTypes: r.int('MAX_ACTIVITY_TYPES', 100, { min: 1, max: 10_000 }),
+    minuteRowsRetentionMs: days(r.int('MINUTE_ROWS_RETENTION_DAYS', 30, { min: 1, max: 36_500 })),
+    hourRowsRetentionMs: days(r.int('HOUR_ROWS_RETENTION_DAYS', 400, { min: 1, max: 36_500 })),
+    dayRowsRetentionMs: orForever(r.int('DAY_ROWS_RETENTION_DAYS', 0, { min: 0, max: 36_500 })),
     databaseQueryTimeoutMs: r.secondsAsMs('DATABASE_QUERY_TIMEOUT_SEC', 15, { min: 0.1, max: 600 }),
     consumerStallTimeoutMs: r.secondsAsMs('CONSUMER_STALL_TIMEOUT_SEC', 10, { min: 3, max: 3600 }),
     shutdownGraceMs: r.secondsAsMs('SHUTDOWN_GRACE_SEC', 25, { min: 1, max: 600 }),
@@ -95,6 +113,21 @@ export function readAggregatorConfig(env: NodeJS.ProcessEnv): AggregatorConfig {
   }
   if (config.deadLetterTopic === '') config.deadLetterTopic = `${config.topic}.dlq`;
   if (config.windowMs % 1000 !== 0) r.problem('WINDOW_SEC must be a whole number of seconds');
+  // Every zone's offset is a multiple of 15 minutes: a window that divides 15 minutes lies
+  // within one hour (and one day) of every site's zone.
+  if (config.rollups && (15 * 60_000) % config.windowMs !== 0) {
+    r.problem('WINDOW_SEC must divide 900 (15 minutes) while ROLLUPS=on');
+  }
+  if (config.minuteRowsRetentionMs < config.maxEventAgeMs + 2 * DAY_MS) {
+    r.problem(
+      'MINUTE_ROWS_RETENTION_DAYS must be at least MAX_EVENT_AGE_SEC plus two days: a late event must find its window',
+    );
+  }
   r.finish();
   return config;
 }
+
+const DAY_MS = 86_400_000;
+const days = (n: number): number => n * DAY_MS;
+/** Days to keep, 0 for forever. */
+const orForever = (n: number): number | null => (n === 0 ? null : days(n));

@@ -8,6 +8,7 @@ import {
   encodeMembership,
   encodeRows,
 } from './copy-text.js';
+import { prepareRollupSource, type RollupOutcome, rollUp } from './rollups.js';
 import type { PartitionFlush, WindowMembership, WindowRow } from './window-state.js';
 
 const { from: copyFrom } = pgCopyStreams;
@@ -21,6 +22,14 @@ export interface PauseBeforeCommit {
   ms: number;
   onPause: () => void;
 }
+
+/** How a flush keeps the hour and day figures (`rollups.ts`); null: it keeps none. */
+export interface RollupSettings {
+  maxActivityTypes: number;
+}
+
+/** The activity-type limit of rollups on the defaults. */
+export const DEFAULT_ROLLUPS: RollupSettings = { maxActivityTypes: 100 };
 
 /** What one flush wrote. */
 export interface FlushOutcome {
@@ -37,12 +46,16 @@ export interface FlushOutcome {
    */
   lost: number[];
   committed: boolean;
+  /** What the hour and day figures gained. */
+  rollups: RollupOutcome;
 }
 
 const COLUMNS = [
   '"timestamp"',
   'window_seconds',
   'source_partition',
+  'site',
+  'time_zone',
   'unique_users',
   'page_view_count',
   'event_count',
@@ -53,8 +66,11 @@ const COLUMNS = [
   'membership_stored',
 ].join(', ');
 
-const USER_COLUMNS = 'window_start, window_seconds, source_partition, user_id';
-const EVENT_COLUMNS = 'window_start, window_seconds, source_partition, page_view, event_id';
+const USER_COLUMNS = 'window_start, window_seconds, source_partition, site, user_id';
+const EVENT_COLUMNS =
+  'window_start, window_seconds, source_partition, site, page_view, user_id, activity_type, event_id';
+/** The row key: one row per (window, partition, site). */
+const ROW_KEY = '"timestamp", window_seconds, source_partition, site';
 const UNIQUE_VIOLATION = '23505';
 
 /** A window's row with the membership that goes with it. */
@@ -91,14 +107,23 @@ interface RowWithMembership {
  *    the membership is what decides, so a repeat — a replay, a producer retry, a client's
  *    resend — adds nothing.
  * 6. Closed windows that became final.
+ * 7. The events new to the membership in steps 2, 3 and 5: added to the hour and day figures.
  * The offsets the rows reflect are in the rows themselves: the same transaction.
  */
 export async function writeFlush(
   client: ClientBase,
   allFlushes: readonly PartitionFlush[],
+  rollups: RollupSettings | null = DEFAULT_ROLLUPS,
   pauseBeforeCommit?: PauseBeforeCommit,
 ): Promise<FlushOutcome> {
-  const outcome: FlushOutcome = { rows: 0, fenced: 0, closedCounted: 0, lost: [], committed: true };
+  const outcome: FlushOutcome = {
+    rows: 0,
+    fenced: 0,
+    closedCounted: 0,
+    lost: [],
+    committed: true,
+    rollups: { events: 0, otherTyped: 0 },
+  };
   const hasWork = (flush: PartitionFlush) =>
     flush.rows.length +
       flush.closedWindowEvents.length +
@@ -108,6 +133,7 @@ export async function writeFlush(
   if (!allFlushes.some(hasWork)) return outcome;
   await client.query('BEGIN');
   try {
+    await prepareRollupSource(client);
     // Partitions already lost are left out; the check that counts is the one before COMMIT.
     const owned = await currentEpochs(client, allFlushes, false);
     const flushes = allFlushes.filter((flush) => {
@@ -134,7 +160,7 @@ export async function writeFlush(
     }
     if (closing.length > 0) {
       await client.query('SAVEPOINT closing');
-      if (await closeWindows(client, closing)) {
+      if (await closeWindows(client, closing, rollups !== null)) {
         await client.query('RELEASE SAVEPOINT closing');
         outcome.rows += closing.length;
       } else {
@@ -179,6 +205,13 @@ export async function writeFlush(
         ],
       );
     }
+    if (rollups !== null) {
+      outcome.rollups = await rollUp(
+        client,
+        allFlushes[0]?.windowSeconds ?? 0,
+        rollups.maxActivityTypes,
+      );
+    }
     if (pauseBeforeCommit !== undefined) {
       pauseBeforeCommit.onPause();
       await new Promise((resolve) => setTimeout(resolve, pauseBeforeCommit.ms));
@@ -193,6 +226,7 @@ export async function writeFlush(
         closedCounted: 0,
         lost: [...outcome.lost, ...lostMeanwhile.map((flush) => flush.partition)],
         committed: false,
+        rollups: { events: 0, otherTyped: 0 },
       };
     }
     await client.query('COMMIT');
@@ -241,7 +275,7 @@ async function upsertOpenRows(
   const result = await client.query(
     `INSERT INTO user_activity_metrics AS m (${COLUMNS})
      SELECT ${COLUMNS} FROM window_rows_staging
-     ON CONFLICT ("timestamp", window_seconds, source_partition) DO UPDATE SET
+     ON CONFLICT (${ROW_KEY}) DO UPDATE SET
        unique_users      = EXCLUDED.unique_users,
        page_view_count   = EXCLUDED.page_view_count,
        event_count       = EXCLUDED.event_count,
@@ -264,6 +298,7 @@ async function upsertOpenRows(
 async function closeWindows(
   client: ClientBase,
   closing: readonly RowWithMembership[],
+  withRollups: boolean,
 ): Promise<boolean> {
   const accepted = await upsertOpenRows(
     client,
@@ -274,16 +309,12 @@ async function closeWindows(
   // Ids stored for these windows already (events another instance counted into them as closed)
   // would not be in the rows: merge and recount instead.
   const stored = await client.query(
-    `SELECT 1 FROM unnest($1::timestamptz[], $2::int[], $3::int[]) AS r(start, seconds, part)
+    `SELECT 1 FROM ${ROW_KEYS_UNNEST}
       WHERE EXISTS (SELECT 1 FROM window_events e
                      WHERE e.source_partition = r.part AND e.window_seconds = r.seconds
-                       AND e.window_start = r.start)
+                       AND e.window_start = r.start AND e.site = r.site)
       LIMIT 1`,
-    [
-      closing.map((entry) => new Date(entry.row.windowStart).toISOString()),
-      closing.map((entry) => entry.row.windowSeconds),
-      closing.map((entry) => entry.row.partition),
-    ],
+    rowKeyParameters(closing.map((entry) => entry.row)),
   );
   if ((stored.rowCount ?? 0) > 0) return false;
   try {
@@ -293,7 +324,32 @@ async function closeWindows(
     if ((err as { code?: string }).code === UNIQUE_VIOLATION) return false;
     throw err;
   }
+  if (!withRollups) return true;
+  // Every event of these windows is new in the membership: all of them go to the rollups.
+  await client.query(
+    `INSERT INTO rollup_source
+       (site, window_start, source_partition, user_id, activity_type, page_view)
+     SELECT e.site, e.window_start, e.source_partition, e.user_id, e.activity_type, e.page_view
+       FROM ${ROW_KEYS_UNNEST}
+       JOIN window_events e
+         ON e.source_partition = r.part AND e.window_seconds = r.seconds
+        AND e.window_start = r.start AND e.site = r.site`,
+    rowKeyParameters(closing.map((entry) => entry.row)),
+  );
   return true;
+}
+
+/** The keys of rows, as `r(start, seconds, part, site)`, from `rowKeyParameters`. */
+const ROW_KEYS_UNNEST =
+  'unnest($1::timestamptz[], $2::int[], $3::int[], $4::text[]) AS r(start, seconds, part, site)';
+
+function rowKeyParameters(rows: readonly WindowRow[]): unknown[] {
+  return [
+    rows.map((row) => new Date(row.windowStart).toISOString()),
+    rows.map((row) => row.windowSeconds),
+    rows.map((row) => row.partition),
+    rows.map((row) => row.site),
+  ];
 }
 
 /**
@@ -314,30 +370,40 @@ async function mergeAndRecount(
     );
     await client.query(`TRUNCATE ${table}_staging`);
     await copyMembership(client, `${table}_staging (${columns})`, entries, withPageViews);
+    // The events new to the membership go to the rollups; those stored already were counted.
     await client.query(
-      `INSERT INTO ${table} (${columns}) SELECT ${columns} FROM ${table}_staging
-       ON CONFLICT DO NOTHING`,
+      withPageViews
+        ? `WITH added AS (
+             INSERT INTO ${table} (${columns}) SELECT ${columns} FROM ${table}_staging
+             ON CONFLICT DO NOTHING
+             RETURNING site, window_start, source_partition, user_id, activity_type, page_view)
+           INSERT INTO rollup_source
+             (site, window_start, source_partition, user_id, activity_type, page_view)
+           SELECT * FROM added`
+        : `INSERT INTO ${table} (${columns}) SELECT ${columns} FROM ${table}_staging
+           ON CONFLICT DO NOTHING`,
     );
   }
   const rows = entries.map((entry) => entry.row);
   const result = await client.query(
     `INSERT INTO user_activity_metrics AS m (${COLUMNS})
-     SELECT r.start, r.seconds, r.part, counts.users, counts.page_views, counts.events,
-            r.first_offset, r.through_offset, r.watermark_ms, r.is_final, true
-       FROM unnest($1::timestamptz[], $2::int[], $3::int[], $4::bigint[], $5::bigint[],
-                   $6::bigint[], $7::bool[])
-              AS r(start, seconds, part, first_offset, through_offset, watermark_ms, is_final)
+     SELECT r.start, r.seconds, r.part, r.site, r.time_zone, counts.users, counts.page_views,
+            counts.events, r.first_offset, r.through_offset, r.watermark_ms, r.is_final, true
+       FROM unnest($1::timestamptz[], $2::int[], $3::int[], $4::text[], $5::text[],
+                   $6::bigint[], $7::bigint[], $8::bigint[], $9::bool[])
+              AS r(start, seconds, part, site, time_zone, first_offset, through_offset,
+                   watermark_ms, is_final)
       CROSS JOIN LATERAL (
         SELECT (SELECT count(*) FROM window_users u
                  WHERE u.source_partition = r.part AND u.window_seconds = r.seconds
-                   AND u.window_start = r.start) AS users,
+                   AND u.window_start = r.start AND u.site = r.site) AS users,
                e.events, e.page_views
           FROM (SELECT count(*) AS events, count(*) FILTER (WHERE page_view) AS page_views
                   FROM window_events
                  WHERE source_partition = r.part AND window_seconds = r.seconds
-                   AND window_start = r.start) e
+                   AND window_start = r.start AND site = r.site) e
       ) counts
-     ON CONFLICT ("timestamp", window_seconds, source_partition) DO UPDATE SET
+     ON CONFLICT (${ROW_KEY}) DO UPDATE SET
        unique_users      = EXCLUDED.unique_users,
        page_view_count   = EXCLUDED.page_view_count,
        event_count       = EXCLUDED.event_count,
@@ -351,6 +417,8 @@ async function mergeAndRecount(
       rows.map((r) => new Date(r.windowStart).toISOString()),
       rows.map((r) => r.windowSeconds),
       rows.map((r) => r.partition),
+      rows.map((r) => r.site),
+      rows.map((r) => r.timeZone),
       rows.map((r) => r.firstOffset),
       rows.map((r) => r.throughOffset),
       rows.map((r) => (Number.isFinite(r.watermark) ? r.watermark : null)),
@@ -366,50 +434,62 @@ async function countClosedWindowEvents(
 ): Promise<{ rows: number; events: number }> {
   await client.query(
     `CREATE TEMP TABLE IF NOT EXISTS closed_events_staging (
-       ord BIGINT, window_start TIMESTAMPTZ, source_partition INTEGER,
-       page_view SMALLINT, event_id TEXT, user_id TEXT) ON COMMIT DELETE ROWS`,
+       ord BIGINT, window_start TIMESTAMPTZ, source_partition INTEGER, site TEXT,
+       page_view SMALLINT, user_id TEXT, activity_type TEXT, event_id TEXT)
+     ON COMMIT DELETE ROWS`,
   );
   await client.query(
     `CREATE TEMP TABLE IF NOT EXISTS closed_windows_staging (
-       window_start TIMESTAMPTZ, source_partition INTEGER, first_offset BIGINT,
-       through_offset BIGINT, watermark_ms BIGINT, is_final BOOLEAN) ON COMMIT DELETE ROWS`,
+       window_start TIMESTAMPTZ, source_partition INTEGER, site TEXT, time_zone TEXT,
+       first_offset BIGINT, through_offset BIGINT, watermark_ms BIGINT, is_final BOOLEAN)
+     ON COMMIT DELETE ROWS`,
   );
   await copyInto(client, 'closed_windows_staging', encodeClosedWindows(flushes));
   await copyInto(client, 'closed_events_staging', encodeClosedEvents(flushes));
   const windowSeconds = flushes[0]?.windowSeconds ?? 0;
   const result = await client.query<{ events: string }>(
     `WITH candidates AS (
-       SELECT DISTINCT ON (window_start, source_partition, event_id)
-              window_start, source_partition, event_id, user_id, page_view
+       SELECT DISTINCT ON (window_start, source_partition, site, event_id)
+              window_start, source_partition, site, event_id, user_id, activity_type, page_view
          FROM closed_events_staging
-        ORDER BY window_start, source_partition, event_id, ord
+        ORDER BY window_start, source_partition, site, event_id, ord
      ), new_events AS (
        INSERT INTO window_events (${EVENT_COLUMNS})
-       SELECT window_start, $1, source_partition, page_view = 1, event_id FROM candidates
+       SELECT window_start, $1, source_partition, site, page_view = 1, user_id, activity_type,
+              event_id
+         FROM candidates
        ON CONFLICT DO NOTHING
-       RETURNING window_start, source_partition, event_id
+       RETURNING window_start, source_partition, site, event_id
      ), counted AS (
-       SELECT c.window_start, c.source_partition, c.user_id, c.page_view
-         FROM candidates c JOIN new_events n USING (window_start, source_partition, event_id)
+       SELECT c.window_start, c.source_partition, c.site, c.user_id, c.activity_type, c.page_view
+         FROM candidates c
+         JOIN new_events n USING (window_start, source_partition, site, event_id)
+     ), to_rollups AS (
+       INSERT INTO rollup_source
+         (site, window_start, source_partition, user_id, activity_type, page_view)
+       SELECT site, window_start, source_partition, user_id, activity_type, page_view = 1
+         FROM counted
      ), new_users AS (
        INSERT INTO window_users (${USER_COLUMNS})
-       SELECT DISTINCT window_start, $1, source_partition, user_id FROM counted
+       SELECT DISTINCT window_start, $1, source_partition, site, user_id FROM counted
        ON CONFLICT DO NOTHING
-       RETURNING window_start, source_partition
+       RETURNING window_start, source_partition, site
      ), event_counts AS (
-       SELECT window_start, source_partition, count(*) AS events, sum(page_view) AS page_views
-         FROM counted GROUP BY 1, 2
+       SELECT window_start, source_partition, site, count(*) AS events,
+              sum(page_view) AS page_views
+         FROM counted GROUP BY 1, 2, 3
      ), user_counts AS (
-       SELECT window_start, source_partition, count(*) AS users FROM new_users GROUP BY 1, 2
+       SELECT window_start, source_partition, site, count(*) AS users
+         FROM new_users GROUP BY 1, 2, 3
      ), upserted AS (
        INSERT INTO user_activity_metrics AS m (${COLUMNS})
-       SELECT w.window_start, $1, w.source_partition, coalesce(u.users, 0),
+       SELECT w.window_start, $1, w.source_partition, w.site, w.time_zone, coalesce(u.users, 0),
               coalesce(e.page_views, 0), coalesce(e.events, 0), w.first_offset, w.through_offset,
               w.watermark_ms, w.is_final, true
          FROM closed_windows_staging w
-         LEFT JOIN event_counts e USING (window_start, source_partition)
-         LEFT JOIN user_counts u USING (window_start, source_partition)
-       ON CONFLICT ("timestamp", window_seconds, source_partition) DO UPDATE SET
+         LEFT JOIN event_counts e USING (window_start, source_partition, site)
+         LEFT JOIN user_counts u USING (window_start, source_partition, site)
+       ON CONFLICT (${ROW_KEY}) DO UPDATE SET
          unique_users      = m.unique_users + EXCLUDED.unique_users,
          page_view_count   = m.page_view_count + EXCLUDED.page_view_count,
          event_count       = m.event_count + EXCLUDED.event_count,

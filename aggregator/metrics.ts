@@ -38,6 +38,37 @@ export function createAggregatorMetrics(registry: Registry) {
       help: 'Events for closed windows that their stored membership did not hold yet: counted (the rest were repeats).',
       registers,
     }),
+    rolledUp: new Counter({
+      name: 'aggregator_rollup_events_total',
+      help: 'Events added to the hour and day figures (as their windows closed, or late).',
+      registers,
+    }),
+    otherTyped: new Counter({
+      name: 'aggregator_rollup_other_typed_total',
+      help: 'Of the events added to the hour and day figures, those whose activity type was past their site\'s MAX_ACTIVITY_TYPES: counted as "other".',
+      registers,
+    }),
+    retentionRuns: new Counter({
+      name: 'aggregator_retention_runs_total',
+      help: 'Retention runs by result: ok, skipped (another instance was running one) or error.',
+      labelNames: ['result'] as const,
+      registers,
+    }),
+    retentionRowsDeleted: new Counter({
+      name: 'aggregator_retention_rows_deleted_total',
+      help: 'Rows past their retention deleted: minute, hour and day figures, and stray membership rows.',
+      registers,
+    }),
+    retentionPartitionsDropped: new Counter({
+      name: 'aggregator_retention_partitions_dropped_total',
+      help: 'Daily membership partitions dropped: their windows take no more events.',
+      registers,
+    }),
+    retentionLastSuccess: new Gauge({
+      name: 'aggregator_retention_last_success_timestamp_seconds',
+      help: 'When this instance last finished a retention run (0: not yet since it started).',
+      registers,
+    }),
     windowsClosedEarly: new Counter({
       name: 'aggregator_windows_closed_early_total',
       help: 'Windows written with their membership and dropped from memory before they were final, because held ids passed MAX_HELD_USER_IDS.',

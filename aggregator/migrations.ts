@@ -100,6 +100,152 @@ const MIGRATIONS: ReadonlyArray<{ version: number; name: string; sql: string }> 
         'Who may write a partition''s rows: each assignment takes the next epoch, and a flush writes a partition only while the epoch is still its own (a stalled instance that wakes up after its partitions moved writes nothing).';
     `,
   },
+  {
+    version: 4,
+    name: 'sites_and_rollups',
+    sql: `
+      ALTER TABLE user_activity_metrics
+        ADD COLUMN site      TEXT NOT NULL DEFAULT 'default',
+        ADD COLUMN time_zone TEXT NOT NULL DEFAULT 'UTC';
+      COMMENT ON COLUMN user_activity_metrics.site IS
+        'The site (write key) the figures are for: each site''s users are its own.';
+      COMMENT ON COLUMN user_activity_metrics.time_zone IS
+        'The site''s IANA time zone when the window was counted: its hour and day rollups follow it.';
+      ALTER TABLE user_activity_metrics DROP CONSTRAINT user_activity_metrics_window_partition;
+      ALTER TABLE user_activity_metrics ADD CONSTRAINT user_activity_metrics_window_partition
+        UNIQUE ("timestamp", window_seconds, source_partition, site);
+      COMMENT ON TABLE user_activity_metrics IS
+        'One row per (event-time window, source partition, site): exact figures for that partition, which covers a disjoint set of users.';
+
+      -- Membership and period users in daily partitions (UTC days), so that retention drops
+      -- whole days. Rows for a day without a partition (the aggregator creates them ahead) go
+      -- to the default partition.
+      CREATE FUNCTION activity_ensure_day_partitions(day DATE) RETURNS void
+      LANGUAGE plpgsql AS $f$
+      DECLARE
+        low  TIMESTAMPTZ := day::timestamp AT TIME ZONE 'UTC';
+        high TIMESTAMPTZ := (day + 1)::timestamp AT TIME ZONE 'UTC';
+        parent TEXT;
+        child TEXT;
+      BEGIN
+        FOREACH parent IN ARRAY ARRAY['window_users', 'window_events', 'period_users'] LOOP
+          child := parent || '_p' || to_char(day, 'YYYYMMDD');
+          IF to_regclass(child) IS NULL THEN
+            EXECUTE format('CREATE TABLE %I PARTITION OF %I FOR VALUES FROM (%L) TO (%L)',
+                           child, parent, low, high);
+          END IF;
+        END LOOP;
+      END $f$;
+      COMMENT ON FUNCTION activity_ensure_day_partitions(DATE) IS
+        'Creates the membership and period-user partitions of one UTC day, where missing.';
+
+      ALTER TABLE window_users RENAME TO window_users_v3;
+      ALTER INDEX window_users_pkey RENAME TO window_users_v3_pkey;
+      ALTER TABLE window_events RENAME TO window_events_v3;
+      ALTER INDEX window_events_pkey RENAME TO window_events_v3_pkey;
+      CREATE TABLE window_users (
+        window_start     TIMESTAMPTZ NOT NULL,
+        window_seconds   INTEGER     NOT NULL,
+        source_partition INTEGER     NOT NULL,
+        site             TEXT        NOT NULL,
+        user_id          TEXT        NOT NULL,
+        PRIMARY KEY (source_partition, window_seconds, window_start, site, user_id)
+      ) PARTITION BY RANGE (window_start);
+      COMMENT ON TABLE window_users IS
+        'The distinct users of each closed (window, partition, site): what a late event''s user is checked against.';
+      CREATE TABLE window_users_default PARTITION OF window_users DEFAULT;
+      CREATE TABLE window_events (
+        window_start     TIMESTAMPTZ NOT NULL,
+        window_seconds   INTEGER     NOT NULL,
+        source_partition INTEGER     NOT NULL,
+        site             TEXT        NOT NULL,
+        page_view        BOOLEAN     NOT NULL,
+        user_id          TEXT,
+        activity_type    TEXT,
+        event_id         TEXT        NOT NULL,
+        PRIMARY KEY (source_partition, window_seconds, window_start, site, event_id)
+      ) PARTITION BY RANGE (window_start);
+      COMMENT ON TABLE window_events IS
+        'The events counted in each closed (window, partition, site), by id: a repeated event is counted once however late it comes. user_id and activity_type are NULL for events stored before version 4.';
+      CREATE TABLE window_events_default PARTITION OF window_events DEFAULT;
+
+      CREATE TABLE period_metrics (
+        site             TEXT        NOT NULL,
+        period           TEXT        NOT NULL CHECK (period IN ('hour', 'day')),
+        period_start     TIMESTAMPTZ NOT NULL,
+        activity_type    TEXT        NOT NULL,
+        source_partition INTEGER     NOT NULL,
+        time_zone        TEXT        NOT NULL,
+        unique_users     BIGINT      NOT NULL,
+        page_view_count  BIGINT      NOT NULL,
+        event_count      BIGINT      NOT NULL,
+        updated_at       TIMESTAMPTZ NOT NULL DEFAULT now(),
+        PRIMARY KEY (site, period, period_start, activity_type, source_partition)
+      );
+      COMMENT ON TABLE period_metrics IS
+        'Hour and day figures per site and source partition, in the site''s time zone; activity_type '''' is every type. A window''s events are added when it closes, a late event when it is counted: once, in the transaction that stores their membership.';
+      CREATE TABLE period_users (
+        source_partition INTEGER     NOT NULL,
+        site             TEXT        NOT NULL,
+        period           TEXT        NOT NULL,
+        period_start     TIMESTAMPTZ NOT NULL,
+        activity_type    TEXT        NOT NULL,
+        user_id          TEXT        NOT NULL,
+        PRIMARY KEY (source_partition, site, period, period_start, activity_type, user_id)
+      ) PARTITION BY RANGE (period_start);
+      COMMENT ON TABLE period_users IS
+        'The distinct users of each period_metrics row, kept while late events can still arrive: what makes an hour''s or a day''s unique count exact.';
+      CREATE TABLE period_users_default PARTITION OF period_users DEFAULT;
+      CREATE TABLE activity_types (
+        site          TEXT        NOT NULL,
+        activity_type TEXT        NOT NULL,
+        first_seen    TIMESTAMPTZ NOT NULL DEFAULT now(),
+        PRIMARY KEY (site, activity_type)
+      );
+      COMMENT ON TABLE activity_types IS
+        'The activity types each site''s rollups count by name: at most MAX_ACTIVITY_TYPES per site, first come; the rest count as ''other''.';
+
+      CREATE VIEW site_window_totals AS
+        SELECT site,
+               "timestamp"                  AS window_start,
+               window_seconds,
+               min(time_zone)               AS time_zone,
+               sum(unique_users)::bigint    AS unique_users,
+               sum(page_view_count)::bigint AS page_view_count,
+               sum(event_count)::bigint     AS event_count,
+               bool_and(is_final)           AS is_final,
+               max(updated_at)              AS updated_at
+          FROM user_activity_metrics
+         GROUP BY site, "timestamp", window_seconds;
+      COMMENT ON VIEW site_window_totals IS
+        'Per-site window figures: unique users add up across partitions because ingest keys every event by site and user.';
+      CREATE VIEW site_period_totals AS
+        SELECT site, period, period_start, activity_type,
+               min(time_zone)               AS time_zone,
+               sum(unique_users)::bigint    AS unique_users,
+               sum(page_view_count)::bigint AS page_view_count,
+               sum(event_count)::bigint     AS event_count,
+               max(updated_at)              AS updated_at
+          FROM period_metrics
+         GROUP BY site, period, period_start, activity_type;
+      COMMENT ON VIEW site_period_totals IS
+        'Per-site hour and day figures in the site''s time zone, per activity type ('''' for every type): the windows closed so far.';
+
+      -- The membership stored so far, into partitions of its own days.
+      SELECT activity_ensure_day_partitions(day)
+        FROM (SELECT DISTINCT (window_start AT TIME ZONE 'UTC')::date AS day FROM window_users_v3
+              UNION
+              SELECT DISTINCT (window_start AT TIME ZONE 'UTC')::date FROM window_events_v3) days;
+      INSERT INTO window_users (window_start, window_seconds, source_partition, site, user_id)
+        SELECT window_start, window_seconds, source_partition, 'default', user_id
+          FROM window_users_v3;
+      INSERT INTO window_events
+          (window_start, window_seconds, source_partition, site, page_view, event_id)
+        SELECT window_start, window_seconds, source_partition, 'default', page_view, event_id
+          FROM window_events_v3;
+      DROP TABLE window_users_v3, window_events_v3;
+    `,
+  },
 ];
 
 export const LATEST_SCHEMA_VERSION = MIGRATIONS.at(-1)?.version ?? 0;

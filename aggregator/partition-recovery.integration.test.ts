@@ -30,6 +30,8 @@ function row(overrides: Partial<WindowRow> & Pick<WindowRow, 'windowStart'>): Wi
   return {
     windowSeconds: WINDOW_SEC,
     partition: 0,
+    site: 'default',
+    timeZone: 'UTC',
     uniqueUsers: 1,
     pageViews: 0,
     events: 1,
@@ -69,10 +71,14 @@ async function writeWindowRows(client: pg.Client, rows: readonly WindowRow[]): P
       memberships: [
         {
           windowStart: r.windowStart,
+          site: r.site,
           users: new ByteStringSet(),
           eventIds: new ByteStringSet(),
           userCount: 0,
           pageViews: new Uint8Array(),
+          eventUsers: new Int32Array(),
+          eventTypes: new Uint32Array(),
+          typeNames: [],
         },
       ],
       closedWindowEvents: [],

@@ -122,18 +122,21 @@ export async function loadCheckpoint(
     value === null || value === undefined ? Number.NEGATIVE_INFINITY : Number(value);
   const finalThrough = orMinusInfinity(row?.final_ms);
   const legacyFinalThrough = orMinusInfinity(row?.legacy_ms);
-  const openWindows: number[] = [];
-  const closedOpenWindows: number[] = [];
-  let oldestOpenFirstOffset = Number.POSITIVE_INFINITY;
+  // A window has a row per site: it is open (rebuilt from the topic) when any of them is.
+  const firstOffsets = new Map<number, number>();
+  const closedOpen = new Set<number>();
   for (const window of open.rows) {
     const start = Number(window.start_ms);
     if (window.membership_stored) {
-      closedOpenWindows.push(start);
+      closedOpen.add(start);
     } else {
-      openWindows.push(start);
-      oldestOpenFirstOffset = Math.min(oldestOpenFirstOffset, Number(window.first_offset));
+      const firstOffset = Number(window.first_offset);
+      firstOffsets.set(start, Math.min(firstOffset, firstOffsets.get(start) ?? firstOffset));
     }
   }
+  const openWindows = [...firstOffsets.keys()];
+  const closedOpenWindows = [...closedOpen].filter((start) => !firstOffsets.has(start));
+  const oldestOpenFirstOffset = Math.min(Number.POSITIVE_INFINITY, ...firstOffsets.values());
   const common = {
     openWindows,
     closedOpenWindows,

@@ -12,6 +12,7 @@ import { Database } from './database.js';
 import { DeadLetterProducer } from './dead-letter.js';
 import { createAggregatorMetrics } from './metrics.js';
 import { migrate } from './migrations.js';
+import { RetentionJob } from './retention.js';
 import { WorkerPool } from './worker-pool.js';
 
 export interface AggregatorService extends Service {
@@ -49,6 +50,40 @@ export async function startAggregator(
     config.deadLetterTopic,
     logger.child({ component: 'dead-letter' }),
   );
+  // Retention deletes and drops on a connection of its own, beside the flushes'.
+  const retentionDb = new Database({
+    url: config.databaseUrl,
+    schema: config.databaseSchema,
+    queryTimeoutMs: RETENTION_QUERY_TIMEOUT_MS,
+    onRetry: (operation) => metrics.databaseRetries.inc({ operation }),
+    logger: logger.child({ component: 'retention' }),
+  });
+  const retention = new RetentionJob(
+    retentionDb,
+    {
+      maxEventAgeMs: config.maxEventAgeMs,
+      minuteRowsMs: config.minuteRowsRetentionMs,
+      hourRowsMs: config.hourRowsRetentionMs,
+      dayRowsMs: config.dayRowsRetentionMs,
+    },
+    {
+      ran: (outcome) => {
+        metrics.retentionRuns.inc({ result: outcome === undefined ? 'skipped' : 'ok' });
+        if (outcome === undefined) return;
+        metrics.retentionRowsDeleted.inc(outcome.rowsDeleted);
+        metrics.retentionPartitionsDropped.inc(outcome.partitionsDropped);
+        metrics.retentionLastSuccess.set(Date.now() / 1000);
+        logger.info({ component: 'retention', ...outcome }, 'retention run done');
+      },
+      failed: (err) => {
+        metrics.retentionRuns.inc({ result: 'error' });
+        logger.error(
+          { component: 'retention', err },
+          'retention run failed; trying again next hour',
+        );
+      },
+    },
+  );
   let consumer: ActivityConsumer | undefined;
   const health = new HealthServer({
     host: config.host,
@@ -62,6 +97,7 @@ export async function startAggregator(
   try {
     const applied = await db.use((client) => migrate(client, config.databaseSchema));
     logger.info({ schema: config.databaseSchema, applied }, 'database schema ready');
+    await retention.start();
     const dlq = await ensureTopic(kafka, config.deadLetterTopic, 1);
     logger.info({ topic: config.deadLetterTopic, created: dlq.created }, 'dead-letter topic ready');
     await deadLetters.start();
@@ -76,6 +112,7 @@ export async function startAggregator(
         idleAfterMs: Math.max(5000, config.allowedLatenessMs),
         // Two looks of the watchdog, and a second for the query itself.
         endOffsetsFreshMs: 2 * lookIntervalMs(config.consumerStallTimeoutMs) + 1000,
+        rollups: config.rollups ? { maxActivityTypes: config.maxActivityTypes } : null,
         ...pauseBeforeCommit(config, logger),
       },
       metrics,
@@ -102,7 +139,13 @@ export async function startAggregator(
     await consumer.start();
   } catch (err) {
     state.set('failed');
-    await Promise.allSettled([health.close(), db.close(), pool.close(), deadLetters.close()]);
+    await Promise.allSettled([
+      health.close(),
+      db.close(),
+      pool.close(),
+      deadLetters.close(),
+      retention.close().then(() => retentionDb.close()),
+    ]);
     throw err;
   }
   state.set('running');
@@ -123,8 +166,8 @@ export async function startAggregator(
     closing ??= (async () => {
       state.set('draining');
       await withDeadline(running.close(), config.shutdownGraceMs, 'final flush');
-      await Promise.allSettled([pool.close(), deadLetters.close()]);
-      await db.close();
+      await Promise.allSettled([pool.close(), deadLetters.close(), retention.close()]);
+      await Promise.allSettled([db.close(), retentionDb.close()]);
       await health.close();
       state.set('stopped');
     })();
@@ -132,6 +175,9 @@ export async function startAggregator(
   };
   return { state, close, port: health.port, consumer: running };
 }
+
+/** A retention statement deletes one batch or drops one table: minutes would mean a fault. */
+const RETENTION_QUERY_TIMEOUT_MS = 120_000;
 
 /** The test-only pause of `CHAOS_PAUSE_BEFORE_COMMIT_MS`, with the log line chaos waits for. */
 function pauseBeforeCommit(

@@ -1,6 +1,7 @@
 /**
  * memory: the aggregator's RSS per distinct user held in open windows. A topic with N events of N
- * distinct users, all in one window kept open (WINDOW_SEC and ALLOWED_LATENESS_SEC of an hour);
+ * distinct users, all in one window kept open (WINDOW_SEC of 15 minutes, the longest rollups allow,
+ * and ALLOWED_LATENESS_SEC of an hour);
  * RSS once assigned and idle, then once every user is held (`aggregator_held_user_ids` = N) and
  * a flush has run, and again once it has settled: the catch-up's own garbage (a million record
  * objects and buffers, freed) is returned to the system over the next seconds, and what is left
@@ -90,7 +91,7 @@ export const memory: Scenario = {
         // What is measured is memory per user *held*: the window must stay in memory for the
         // whole run, even one that crosses the hour's end (a closed window leaves memory). No
         // count depends on it.
-        env: { WINDOW_SEC: '3600', ALLOWED_LATENESS_SEC: '3600' },
+        env: { WINDOW_SEC: '900', ALLOWED_LATENESS_SEC: '3600' },
         whenStarted: async (service) => {
           idleRss = rssBytes(service.process.pid) ?? 0;
           idleHeap = (await readMetric(service.url, 'nodejs_heap_size_used_bytes')) ?? 0;
@@ -145,7 +146,7 @@ export const memory: Scenario = {
     }
     return {
       scenario: 'memory',
-      method: `${num(records)} events of ${num(records)} distinct users in one open window (WINDOW_SEC=3600, ALLOWED_LATENESS_SEC=3600, WORKERS=2, the default), read from a pre-filled topic; bytes/user = (RSS with every user held, once settled − RSS when /healthz first answers, before any record is read) ÷ aggregator_held_user_ids. Settled: sampled every second from two flush intervals after the last user, for at least ${SETTLE_MIN_MS / 1000} s and until ${SETTLE_SAMPLES} samples in a row lie within 1 % (at most ${SETTLE_LIMIT_MS / 1000} s), so that the catch-up's freed garbage is not counted as user state; the figure right after the catch-up is reported beside it. RSS from /proc (main thread, worker threads, librdkafka, everything), the service on the allocator it ships with (jemalloc where installed); ${config.runs} runs`,
+      method: `${num(records)} events of ${num(records)} distinct users in one open window (WINDOW_SEC=900, ALLOWED_LATENESS_SEC=3600, WORKERS=2, the default), read from a pre-filled topic; bytes/user = (RSS with every user held, once settled − RSS when /healthz first answers, before any record is read) ÷ aggregator_held_user_ids. Settled: sampled every second from two flush intervals after the last user, for at least ${SETTLE_MIN_MS / 1000} s and until ${SETTLE_SAMPLES} samples in a row lie within 1 % (at most ${SETTLE_LIMIT_MS / 1000} s), so that the catch-up's freed garbage is not counted as user state; the figure right after the catch-up is reported beside it. RSS from /proc (main thread, worker threads, librdkafka, everything), the service on the allocator it ships with (jemalloc where installed); ${config.runs} runs`,
       startedAt: startedAt.toISOString(),
       durationSec: (Date.now() - startedAt.getTime()) / 1000,
       contenders: [

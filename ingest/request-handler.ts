@@ -146,7 +146,7 @@ function checkWrite(head: RequestHead, deps: RequestHandlerDeps): HttpResponse |
   let client: string;
   if (deps.apiKeys.enabled) {
     const key = ApiKeys.presented(head.headers);
-    if (key === undefined || !deps.apiKeys.accepts(key)) {
+    if (key === undefined || deps.apiKeys.siteOf(key) === undefined) {
       return refuse(
         401,
         key === undefined ? 'missing_api_key' : 'invalid_api_key',

@@ -67,7 +67,7 @@ export async function startIngest(config: IngestConfig, logger: Logger): Promise
       registry,
       state,
       cors,
-      apiKeys: new ApiKeys(config.apiKeys),
+      apiKeys: new ApiKeys(config.apiKeys, config.defaultSiteTimeZone),
       rateLimiter: new RateLimiter(config.rateLimitPerSec, config.rateLimitBurst),
       clientAddress: new ClientAddressResolver(config.trustedProxies),
       acceptingWrites,

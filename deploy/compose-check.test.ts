@@ -1,6 +1,6 @@
 /**
  * Static check of the container path, which this machine cannot run (no Docker engine):
- * docker-compose.yml, the Dockerfile, redpanda.yaml and the Prometheus and Grafana files must
+ * docker-compose.yml, the Dockerfiles, redpanda.yaml and the Prometheus and Grafana files must
  * agree with each other and with the services' real configuration readers. What it cannot
  * prove (images build, containers start, DNS discovery finds replicas) is listed in the README,
  * "Run with Docker".
@@ -111,9 +111,9 @@ interface DockerStage {
   instructions: Array<{ keyword: string; args: string }>;
 }
 
-/** The Dockerfile's stages, with continuation lines joined and comments dropped. */
-function dockerStages(): DockerStage[] {
-  const lines = repoFile('Dockerfile')
+/** A Dockerfile's stages, with continuation lines joined and comments dropped. */
+function dockerStages(path = 'Dockerfile'): DockerStage[] {
+  const lines = repoFile(path)
     .replace(/\\\n/g, ' ')
     .split('\n')
     .map((line) => line.trim())
@@ -247,10 +247,10 @@ describe('docker-compose.yml', () => {
       if (build === undefined) continue;
       const spec = obj(build, `${name}.build`);
       const context = String(spec.context ?? '.');
-      const dockerfile = join(REPO_ROOT, context, String(spec.dockerfile ?? 'Dockerfile'));
-      assert.ok(existsSync(dockerfile), `${name}: ${dockerfile} missing`);
+      const dockerfile = posix.join(context, String(spec.dockerfile ?? 'Dockerfile'));
+      assert.ok(existsSync(join(REPO_ROOT, dockerfile)), `${name}: ${dockerfile} missing`);
       if (spec.target !== undefined) {
-        const stages = dockerStages().map((stage) => stage.name);
+        const stages = dockerStages(dockerfile).map((stage) => stage.name);
         assert.ok(stages.includes(String(spec.target)), `${name}: no stage ${spec.target}`);
       }
     }
@@ -549,5 +549,40 @@ describe('Dockerfile', () => {
     ]) {
       assert.ok(!ignored.includes(path), `${path} must reach the build`);
     }
+  });
+});
+
+describe('deploy/postgres/Dockerfile', () => {
+  const path = 'deploy/postgres/Dockerfile';
+  const base = /^ARG POSTGRES_IMAGE=(\S+)$/m.exec(repoFile(path))?.[1] ?? '';
+
+  test('compose builds PostgreSQL from it: the official image plus the hll extension', () => {
+    const postgres = service('postgres');
+    assert.equal(postgres.image, undefined, 'built from the Dockerfile, not the bare image');
+    const build = obj(postgres.build, 'postgres.build');
+    assert.equal(posix.join(String(build.context), String(build.dockerfile ?? 'Dockerfile')), path);
+    assert.match(base, /^postgres:15(\.\d+)*-bookworm$/, 'official PostgreSQL 15 on Debian 12');
+    const arg = obj(build.args, 'postgres.build.args').POSTGRES_IMAGE;
+    assert.equal(interpolate(String(arg)), base, 'compose builds on the Dockerfile default');
+
+    const [stage, ...more] = dockerStages(path);
+    assert.equal(more.length, 0, 'one stage');
+    assert.match(stage?.from ?? '', /^\$\{POSTGRES_IMAGE\}$/);
+    const runs = (stage?.instructions ?? []).filter((i) => i.keyword === 'RUN').map((i) => i.args);
+    assert.ok(
+      runs.some((run) => /apt-get install [^;]*"postgresql-\$\{PG_MAJOR\}-hll"/.test(run)),
+      "installs hll for the base image's PostgreSQL major version",
+    );
+    assert.ok(
+      runs.some((run) => run.includes('CREATE EXTENSION hll')),
+      'the image build fails when the server cannot load the extension',
+    );
+  });
+
+  test('the local stack installs hll for the same PostgreSQL major version', () => {
+    const major = /^postgres:(\d+)/.exec(base)?.[1];
+    const install = repoFile('deploy/local/install.sh');
+    assert.match(install, new RegExp(`\\bpostgresql-${major}\\b`));
+    assert.match(install, new RegExp(`\\bpostgresql-${major}-hll\\b`));
   });
 });

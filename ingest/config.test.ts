@@ -30,6 +30,7 @@ describe('readIngestConfig', () => {
       maxBatchEvents: 1000,
       corsAllowedOrigins: [],
       apiKeys: [],
+      defaultSiteTimeZone: 'UTC',
       rateLimitPerSec: 0,
       rateLimitBurst: 1,
       maxEventAgeMs: 7 * 24 * 3600_000,
@@ -58,7 +59,8 @@ describe('readIngestConfig', () => {
       MAX_DECOMPRESSED_BYTES: '8192',
       MAX_BATCH_EVENTS: '50',
       CORS_ALLOWED_ORIGINS: 'https://a.example, https://b.example',
-      API_KEYS: 'key-1,key-2',
+      API_KEYS: 'key-1,key-2=shop@Europe/Berlin',
+      DEFAULT_SITE_TIME_ZONE: 'America/Sao_Paulo',
       RATE_LIMIT_PER_SEC: '100',
       RATE_LIMIT_BURST: '500',
       MAX_EVENT_AGE_SEC: '3600',
@@ -84,7 +86,11 @@ describe('readIngestConfig', () => {
       maxDecompressedBytes: 8192,
       maxBatchEvents: 50,
       corsAllowedOrigins: ['https://a.example', 'https://b.example'],
-      apiKeys: ['key-1', 'key-2'],
+      apiKeys: [
+        { key: 'key-1', site: 'default', timeZone: 'America/Sao_Paulo' },
+        { key: 'key-2', site: 'shop', timeZone: 'Europe/Berlin' },
+      ],
+      defaultSiteTimeZone: 'America/Sao_Paulo',
       rateLimitPerSec: 100,
       rateLimitBurst: 500,
       maxEventAgeMs: 3_600_000,
@@ -113,6 +119,8 @@ describe('readIngestConfig', () => {
       MAX_CONCURRENT_REQUESTS: '0',
       MAX_CONCURRENT_DECOMPRESSIONS: 'many',
       DRAIN_DELAY_SEC: '-1',
+      DEFAULT_SITE_TIME_ZONE: 'Europe/Atlantis',
+      API_KEYS: 'k=Shop',
     });
     for (const name of [
       'INGEST_PORT',
@@ -127,6 +135,8 @@ describe('readIngestConfig', () => {
       'MAX_CONCURRENT_REQUESTS',
       'MAX_CONCURRENT_DECOMPRESSIONS',
       'DRAIN_DELAY_SEC',
+      'DEFAULT_SITE_TIME_ZONE',
+      'API_KEYS',
     ]) {
       assert.match(err.message, new RegExp(`- ${name}\\b`), name);
     }
@@ -166,5 +176,59 @@ describe('readIngestConfig', () => {
   test('a drain delay not shorter than the shutdown grace is refused', () => {
     const err = configError({ DRAIN_DELAY_SEC: '25', SHUTDOWN_GRACE_SEC: '25' });
     assert.match(err.message, /DRAIN_DELAY_SEC must be shorter than SHUTDOWN_GRACE_SEC/);
+  });
+
+  test('API_KEYS of the form before sites still works: every key writes to the default site', () => {
+    assert.deepEqual(readIngestConfig({ API_KEYS: 'key-1, key-2' }).apiKeys, [
+      { key: 'key-1', site: 'default', timeZone: 'UTC' },
+      { key: 'key-2', site: 'default', timeZone: 'UTC' },
+    ]);
+  });
+
+  test('API_KEYS mixes sites with zones, sites without and bare keys', () => {
+    const config = readIngestConfig({
+      API_KEYS: 'k1=shop@Europe/Berlin,k2=blog@Asia/Kathmandu,k3,k4=docs',
+      DEFAULT_SITE_TIME_ZONE: 'Europe/Lisbon',
+    });
+    assert.deepEqual(config.apiKeys, [
+      { key: 'k1', site: 'shop', timeZone: 'Europe/Berlin' },
+      { key: 'k2', site: 'blog', timeZone: 'Asia/Kathmandu' },
+      { key: 'k3', site: 'default', timeZone: 'Europe/Lisbon' },
+      { key: 'k4', site: 'docs', timeZone: 'UTC' },
+    ]);
+    assert.equal(config.defaultSiteTimeZone, 'Europe/Lisbon');
+  });
+
+  test('every bad API_KEYS entry is refused at once, none of them showing a key', () => {
+    const err = configError({
+      API_KEYS: [
+        'secret-a=shop@Europe/Berlin',
+        'secret-b=Shop',
+        'secret-c=blog@Mars/Olympus',
+        'secret-d=shop@Europe/Paris',
+        'secret-a=docs',
+        '=docs',
+        'secret-e=docs@',
+      ].join(','),
+    });
+    for (const expected of [
+      /- API_KEYS entry 2 of 7: site "Shop" is not a site name/,
+      /- API_KEYS entry 3 of 7: "Mars\/Olympus" is not an IANA time zone/,
+      /- API_KEYS entries 1 and 4 give site shop different time zones/,
+      /- API_KEYS entries 1 and 5 are the same key/,
+      /- API_KEYS entry 6 of 7: no key before "="/,
+      /- API_KEYS entry 7 of 7: no time zone after "@"/,
+    ]) {
+      assert.match(err.message, expected);
+    }
+    assert.doesNotMatch(err.message, /secret/);
+  });
+
+  test('an unknown DEFAULT_SITE_TIME_ZONE is refused, naming it', () => {
+    const err = configError({ DEFAULT_SITE_TIME_ZONE: 'Europe/Atlantis' });
+    assert.match(
+      err.message,
+      /- DEFAULT_SITE_TIME_ZONE="Europe\/Atlantis": expected an IANA time zone/,
+    );
   });
 });

@@ -1,6 +1,8 @@
 import { ConfigReader } from '../shared/config-reader.js';
+import { isTimeZone } from '../shared/event-schema.js';
 import { DEFAULT_TOPIC } from '../shared/kafka-client.js';
 import { parseCidr } from './client-address.js';
+import { type ApiKey, parseApiKeys } from './sites.js';
 
 /** Everything the ingest service reads from the environment, validated once at start-up. */
 export interface IngestConfig {
@@ -28,8 +30,13 @@ export interface IngestConfig {
   maxBatchEvents: number;
   /** Origins allowed by CORS (`*` for any); empty: no CORS headers. */
   corsAllowedOrigins: string[];
-  /** Accepted API keys; empty: no authentication. */
-  apiKeys: string[];
+  /**
+   * Accepted API keys, each with the site its events belong to; empty: no authentication, and
+   * every event belongs to `DEFAULT_SITE`.
+   */
+  apiKeys: ApiKey[];
+  /** IANA time zone of `DEFAULT_SITE` (bare keys, or every event without keys). */
+  defaultSiteTimeZone: string;
   /** Requests per second per API key (per remote address when keys are off); 0: no limit. */
   rateLimitPerSec: number;
   /** Requests a client may make at once before the rate applies. */
@@ -64,6 +71,14 @@ export interface IngestConfig {
 
 export function readIngestConfig(env: NodeJS.ProcessEnv): IngestConfig {
   const r = new ConfigReader(env);
+  const defaultSiteTimeZone = r.string('DEFAULT_SITE_TIME_ZONE', 'UTC');
+  if (!isTimeZone(defaultSiteTimeZone)) {
+    r.problem(
+      `DEFAULT_SITE_TIME_ZONE=${JSON.stringify(defaultSiteTimeZone)}: expected an IANA time zone name (like Europe/Berlin)`,
+    );
+  }
+  const apiKeys = parseApiKeys(r.list('API_KEYS', []), defaultSiteTimeZone);
+  for (const problem of apiKeys.problems) r.problem(problem);
   const config: IngestConfig = {
     host: r.string('INGEST_HOST', '0.0.0.0'),
     port: r.port('INGEST_PORT', 8080),
@@ -80,7 +95,8 @@ export function readIngestConfig(env: NodeJS.ProcessEnv): IngestConfig {
     }),
     maxBatchEvents: r.int('MAX_BATCH_EVENTS', 1000, { min: 1, max: 100_000 }),
     corsAllowedOrigins: r.list('CORS_ALLOWED_ORIGINS', []),
-    apiKeys: r.list('API_KEYS', []),
+    apiKeys: apiKeys.keys,
+    defaultSiteTimeZone,
     rateLimitPerSec: r.int('RATE_LIMIT_PER_SEC', 0, { min: 0, max: 10_000_000 }),
     rateLimitBurst: r.int('RATE_LIMIT_BURST', 0, { min: 0, max: 10_000_000 }),
     maxEventAgeMs: r.secondsAsMs('MAX_EVENT_AGE_SEC', 7 * 24 * 3600, { min: 1, max: 3.2e7 }),

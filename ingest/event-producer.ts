@@ -5,7 +5,7 @@ import kafkaJavascript, {
   type MessageHeader,
 } from '@confluentinc/kafka-javascript';
 import { PipelineError } from '../shared/errors.js';
-import { type ActivityEvent, encodeEvent } from '../shared/event-schema.js';
+import { type ActivityEvent, DEFAULT_SITE, encodeEvent } from '../shared/event-schema.js';
 import {
   type ClientLog,
   createClientLog,
@@ -16,6 +16,7 @@ import { withDeadline } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
 import type { IngestMetrics } from './metrics.js';
 import { DeliveryHealth } from './producer-watchdog.js';
+import type { Site } from './sites.js';
 
 const { Producer, CODES } = kafkaJavascript;
 type NativeProducer = InstanceType<typeof Producer>;
@@ -45,7 +46,9 @@ const HEADERS: MessageHeader[] = [{ 'content-type': 'application/json' }];
  * them (idempotent producer, acks=all). The number of events waiting for acknowledgement is
  * bounded: past the bound, `produce` fails at once with `queue_full` instead of buffering.
  *
- * Messages are keyed by `user_id`, so one user always lands in the same partition: the
+ * Every record carries its site and the site's time zone (`site`, `time_zone`), and is keyed by
+ * `site/user_id` (`user_id` alone for `DEFAULT_SITE`, as before sites: an upgrade keeps every
+ * user in the partition they had). So one (site, user) always lands in the same partition: the
  * aggregator's per-partition unique-user counts add up exactly because of it.
  *
  * Every produced event carries an `event_id`: the client's, or one assigned here. Even an
@@ -282,7 +285,8 @@ export class EventProducer {
   }
 
   /**
-   * Produces `events` and resolves, once every one is acknowledged or given up, with one entry
+   * Produces `events` of `site` (each is stamped with the site's name and time zone: the events
+   * are changed) and resolves, once every one is acknowledged or given up, with one entry
    * per event: `null` for acknowledged; otherwise a retryable PipelineError — `broker_timeout`
    * or `broker_outcome_unknown` (no acknowledgement in time, or a failure after the event may
    * have been written: the outcome is unknown), `broker_unavailable` or `queue_full` (not
@@ -291,6 +295,7 @@ export class EventProducer {
    */
   async produce(
     events: readonly ActivityEvent[],
+    site: Site,
     receivedAtMs: number,
   ): Promise<Array<PipelineError | null>> {
     if (!this.ready) {
@@ -313,6 +318,7 @@ export class EventProducer {
     this.inFlightEvents += events.length;
     this.metrics.producerInFlight.set(this.inFlightEvents);
     const stopTimer = this.metrics.ackDuration.startTimer();
+    const keyPrefix = site.name === DEFAULT_SITE ? '' : `${site.name}/`;
     try {
       // One message per event with its own delivery report, so that a batch's answer can say
       // exactly which events the broker has. librdkafka still batches them on the wire.
@@ -320,6 +326,9 @@ export class EventProducer {
         events.map(
           (event) =>
             new Promise<PipelineError | null>((settle) => {
+              // Set on the validated event itself, not on a copy: no object per event for it.
+              event.site = site.name;
+              event.time_zone = site.timeZone;
               const value = Buffer.from(
                 encodeEvent(
                   event.event_id === undefined ? { ...event, event_id: this.nextEventId() } : event,
@@ -330,7 +339,7 @@ export class EventProducer {
                   this.options.topic,
                   null,
                   value,
-                  event.user_id,
+                  keyPrefix === '' ? event.user_id : keyPrefix + event.user_id,
                   receivedAtMs,
                   settle,
                   HEADERS,

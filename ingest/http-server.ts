@@ -28,8 +28,11 @@ import uWS from 'uWebSockets.js';
 import type { Logger } from '../shared/logger.js';
 import { type Admission, RequestBudget } from './load-bounds.js';
 
-/** What is known of a request before its body: request line, headers and peer. */
-export interface RequestHead {
+/**
+ * What is known of a request before its body: request line, headers and peer; and `grant`, what
+ * the handler's head gates found out about it, for `handle`.
+ */
+export interface RequestHead<Grant = unknown> {
   /** Upper-case method, as sent. */
   method: string;
   path: string;
@@ -38,9 +41,11 @@ export interface RequestHead {
   headers: Record<string, string>;
   /** The peer's address (a proxy's, behind one). */
   remoteAddress: string;
+  /** Set by `checkHead` on a request it lets through (ingest: the API key's site). */
+  grant?: Grant | undefined;
 }
 
-export interface HttpRequest extends RequestHead {
+export interface HttpRequest<Grant = unknown> extends RequestHead<Grant> {
   body: Buffer;
 }
 
@@ -50,18 +55,19 @@ export interface HttpResponse {
   body?: string | Buffer;
 }
 
-export interface HttpHandler {
+export interface HttpHandler<Grant = unknown> {
   /**
    * The gates decidable from the head alone (endpoint, method, origin, API key, rate limit,
    * shutdown, media type). A response refuses the request before any of its body is read;
-   * undefined lets it through to `handle`. Must not throw.
+   * undefined lets it through to `handle`, with the `grant` it may have set on `head`. Must not
+   * throw.
    */
-  checkHead(head: RequestHead): HttpResponse | undefined;
-  /** A request that passed `checkHead`, with its whole body. */
-  handle(request: HttpRequest): HttpResponse | Promise<HttpResponse>;
+  checkHead(head: RequestHead<Grant>): HttpResponse | undefined;
+  /** A request that passed `checkHead`, with its whole body and its `grant`. */
+  handle(request: HttpRequest<Grant>): HttpResponse | Promise<HttpResponse>;
 }
 
-export interface HttpServerOptions {
+export interface HttpServerOptions<Grant = unknown> {
   host: string;
   port: number;
   maxBodyBytes: number;
@@ -73,7 +79,7 @@ export interface HttpServerOptions {
   maxConcurrentRequests: number;
   maxBufferedBytes: number;
   /** Every request, whatever its method and path. */
-  handler: HttpHandler;
+  handler: HttpHandler<Grant>;
   /**
    * Extra headers for the answers this layer gives by itself (413, 408, 503 deadline), from the
    * request's headers: CORS, so that a browser can read them.
@@ -125,14 +131,14 @@ export function errorResponse(
   };
 }
 
-export class HttpServer {
+export class HttpServer<Grant = unknown> {
   private listenSocket: us_listen_socket | undefined;
   private inFlightCount = 0;
   private draining = false;
   private idleWaiters: Array<() => void> = [];
   private readonly budget: RequestBudget;
 
-  constructor(private readonly options: HttpServerOptions) {
+  constructor(private readonly options: HttpServerOptions<Grant>) {
     this.budget = new RequestBudget(options.maxConcurrentRequests, options.maxBufferedBytes);
   }
 
@@ -211,6 +217,7 @@ export class HttpServer {
       headers[key] = value;
     });
     const remoteAddress = Buffer.from(res.getRemoteAddressAsText()).toString();
+    const head: RequestHead<Grant> = { method, path, query, headers, remoteAddress };
 
     this.inFlightCount++;
     let finished = false;
@@ -295,6 +302,7 @@ export class HttpServer {
           headers,
           body,
           remoteAddress,
+          grant: head.grant,
         });
       } catch (err) {
         respond(failed(err));
@@ -342,7 +350,7 @@ export class HttpServer {
 
     let refusal: HttpResponse | undefined;
     try {
-      refusal = this.options.handler.checkHead({ method, path, query, headers, remoteAddress });
+      refusal = this.options.handler.checkHead(head);
     } catch (err) {
       refusal = failed(err);
     }

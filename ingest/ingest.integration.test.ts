@@ -2,8 +2,9 @@
  * Ingest against the real broker: every status the README documents, produced for real by a few
  * ingest instances with different settings (each on its own port, all producing to one topic of
  * this file), then the topic read back with a real consumer. The contract checked at the end:
- * exactly the events answered as accepted are in the topic, keyed by `user_id`, normalised; no
- * event answered with anything else is.
+ * exactly the events answered as accepted are in the topic, keyed by `user_id`, normalised and
+ * stamped with the default site; no event answered with anything else is. Named sites:
+ * `sites.integration.test.ts`.
  */
 import assert from 'node:assert/strict';
 import { randomBytes, randomInt } from 'node:crypto';
@@ -1068,7 +1069,7 @@ test('shutting down: a request admitted before is served; one arriving after get
 // ---------------------------------------------------------------------------------------------
 // What the broker holds
 
-test('the topic holds exactly the accepted events, keyed by user_id, normalised', async () => {
+test('the topic holds exactly the accepted events, keyed by user_id, normalised, stamped', async () => {
   assert.ok(accepted.size > 0);
   const kafka = createKafka({ brokers: [stack.kafkaBrokers], clientId: 'test-reader', logger });
   const admin = kafka.admin();
@@ -1131,7 +1132,7 @@ test('the topic holds exactly the accepted events, keyed by user_id, normalised'
     const expected = accepted.get(record.key);
     assert.ok(expected !== undefined, `unexpected record ${record.key}: ${record.value}`);
     assert.equal(record.contentType, 'application/json');
-    const value = JSON.parse(record.value) as StoredEvent;
+    const value = JSON.parse(record.value) as StoredEvent & { site?: string; time_zone?: string };
     assert.equal(value.user_id, record.key, 'the key is the user_id');
     // The Kafka timestamp is the receive time, and a missing event time is that time too.
     const { sentAtMs, answeredAtMs } = expected;
@@ -1139,8 +1140,11 @@ test('the topic holds exactly the accepted events, keyed by user_id, normalised'
       record.timestamp >= sentAtMs && record.timestamp <= answeredAtMs,
       `record time ${record.timestamp} outside the request's [${sentAtMs}, ${answeredAtMs}]`,
     );
+    // Without API_KEYS, and with keys of the form before sites: the default site, in UTC.
+    const { site, time_zone: timeZone, ...stored } = value;
+    assert.deepEqual([site, timeZone], ['default', 'UTC'], record.value);
     // An event sent without an event_id gets one from ingest, unique to the event.
-    const { event_id: eventId, ...rest } = value;
+    const { event_id: eventId, ...rest } = stored;
     assert.ok(typeof eventId === 'string' && eventId.length > 0, record.value);
     if (expected.event.event_id === undefined) {
       assert.ok(!assignedIds.has(eventId), `event_id ${eventId} assigned twice`);

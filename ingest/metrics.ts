@@ -27,8 +27,14 @@ const EVENT_REJECT_REASONS = [
   'queue_full',
 ];
 
-/** The ingest service's own metrics, registered once on the service registry. */
-export function createIngestMetrics(registry: Registry, options: { maxInFlightEvents: number }) {
+/**
+ * The ingest service's own metrics, registered once on the service registry. `sites` are the
+ * configured sites' names: the bounded values of the `site` label, each born at 0.
+ */
+export function createIngestMetrics(
+  registry: Registry,
+  options: { maxInFlightEvents: number; sites: readonly string[] },
+) {
   const registers = [registry];
   const metrics = {
     httpRequests: new Counter({
@@ -51,7 +57,8 @@ export function createIngestMetrics(registry: Registry, options: { maxInFlightEv
     }),
     eventsAccepted: new Counter({
       name: 'ingest_events_accepted_total',
-      help: 'Events acknowledged by the broker and answered as accepted.',
+      help: 'Events acknowledged by the broker and answered as accepted, by site.',
+      labelNames: ['site'],
       registers,
     }),
     eventsRejected: new Counter({
@@ -110,6 +117,7 @@ export function createIngestMetrics(registry: Registry, options: { maxInFlightEv
   };
   metrics.producerInFlightLimit.set(options.maxInFlightEvents);
   for (const reason of EVENT_REJECT_REASONS) metrics.eventsRejected.inc({ reason }, 0);
+  for (const site of options.sites) metrics.eventsAccepted.inc({ site }, 0);
   // Born at 0 too: IngestOverloaded's rate() must see the first refusals.
   metrics.requestsRefused.inc({ reason: 'overloaded' }, 0);
   return metrics;

@@ -15,13 +15,14 @@ import type kafkaJavascript from '@confluentinc/kafka-javascript';
 import type { LibrdKafkaError } from '@confluentinc/kafka-javascript';
 import { Registry } from 'prom-client';
 import { hasCode } from '../shared/errors.js';
-import type { ActivityEvent } from '../shared/event-schema.js';
+import { type ActivityEvent, DEFAULT_SITE } from '../shared/event-schema.js';
 import { createKafka } from '../shared/kafka-client.js';
 import { withDeadline } from '../shared/lifecycle.js';
 import { createLogger } from '../shared/logger.js';
 import { deleteTopics, stackFromEnv, uniqueName, waitFor, withAdmin } from '../shared/testing.js';
 import { EventProducer } from './event-producer.js';
 import { createIngestMetrics } from './metrics.js';
+import type { Site } from './sites.js';
 
 const ACK_TIMEOUT_MS = 5_000;
 const PARTITIONS = 3;
@@ -29,6 +30,7 @@ const stack = stackFromEnv();
 const topic = uniqueName('producer_replace');
 const logger = createLogger('test', 'warn');
 const kafka = createKafka({ brokers: [stack.kafkaBrokers], clientId: 'replace-test', logger });
+const SITE: Site = { name: DEFAULT_SITE, timeZone: 'UTC' };
 
 let producer: EventProducer;
 const registry = new Registry();
@@ -51,7 +53,7 @@ before(async () => {
       ackTimeoutMs: ACK_TIMEOUT_MS,
       maxInFlightEvents: 10_000,
     },
-    createIngestMetrics(registry, { maxInFlightEvents: 10_000 }),
+    createIngestMetrics(registry, { maxInFlightEvents: 10_000, sites: [SITE.name] }),
     logger,
   );
   await producer.start();
@@ -83,7 +85,7 @@ test('the broker names a leader for every partition of a healthy topic', async (
 });
 
 test('a replaced producer answers what it held; the new one takes new events', async () => {
-  const acknowledgedBefore = await producer.produce(events('before', 50), Date.now());
+  const acknowledgedBefore = await producer.produce(events('before', 50), SITE, Date.now());
   assert.deepEqual(acknowledgedBefore, new Array(50).fill(null), 'acknowledged before');
 
   const native = (
@@ -91,7 +93,7 @@ test('a replaced producer answers what it held; the new one takes new events', a
   ).producer;
   native.setPollInBackground(false);
   let heldSettled = false;
-  const held = producer.produce(events('held', 50), Date.now()).finally(() => {
+  const held = producer.produce(events('held', 50), SITE, Date.now()).finally(() => {
     heldSettled = true;
   });
   await new Promise((resolve) => setTimeout(resolve, 500));
@@ -99,7 +101,7 @@ test('a replaced producer answers what it held; the new one takes new events', a
   assert.equal(producer.inFlight, 50);
 
   await producer.replace();
-  const afterReplacement = await producer.produce(events('after', 50), Date.now());
+  const afterReplacement = await producer.produce(events('after', 50), SITE, Date.now());
   assert.deepEqual(afterReplacement, new Array(50).fill(null), 'the new producer acknowledges');
 
   const heldOutcomes = await withDeadline(held, ACK_TIMEOUT_MS + 5_000, 'the held events');
@@ -133,7 +135,7 @@ test('a fatal producer error: not ready, refused as not stored, replaced, then a
   failed.emit('event.error', librdkafkaError(new Error('Local: Fatal error')));
   assert.equal(producer.isReady, false, 'not ready once the producer failed');
   await assert.rejects(
-    producer.produce(events('during', 3), Date.now()),
+    producer.produce(events('during', 3), SITE, Date.now()),
     (err: unknown) => hasCode(err, 'broker_unavailable'),
     'events are refused (not stored) while it is replaced',
   );
@@ -142,7 +144,7 @@ test('a fatal producer error: not ready, refused as not stored, replaced, then a
     what: 'a new producer after the fatal error',
   });
   assert.notEqual(nativeOf(producer), failed, 'the failed producer was replaced');
-  const afterFatal = await producer.produce(events('after-fatal', 50), Date.now());
+  const afterFatal = await producer.produce(events('after-fatal', 50), SITE, Date.now());
   assert.deepEqual(afterFatal, new Array(50).fill(null), 'the new producer acknowledges');
   const fatal = (await registry.getSingleMetric('ingest_producer_fatal_errors_total')?.get())
     ?.values[0]?.value;

@@ -40,7 +40,7 @@ async function watch(
   ms: number,
   during: () => void = () => {},
 ): Promise<number> {
-  const metrics = createIngestMetrics(new Registry(), { maxInFlightEvents: 100 });
+  const metrics = createIngestMetrics(new Registry(), { maxInFlightEvents: 100, sites: [] });
   const watchdog = new ProducerWatchdog(
     producer,
     STALL_MS,

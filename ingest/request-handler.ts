@@ -20,6 +20,7 @@ import type { Slots } from './load-bounds.js';
 import type { IngestMetrics } from './metrics.js';
 import type { RateLimiter } from './rate-limiter.js';
 import { checkMediaType, decodeBody } from './request-body.js';
+import type { Site } from './sites.js';
 
 export interface RequestHandlerDeps {
   producer: EventProducer;
@@ -27,6 +28,7 @@ export interface RequestHandlerDeps {
   registry: Registry;
   state: StateHolder;
   cors: CorsPolicy;
+  /** The write keys and their sites: a POST's events belong to its key's site. */
   apiKeys: ApiKeys;
   rateLimiter: RateLimiter;
   clientAddress: ClientAddressResolver;
@@ -71,9 +73,10 @@ const RETRY_AFTER = { 'retry-after': '1' };
  *
  * Every gate decidable from the head runs in `checkHead`, before the body is read, cheapest
  * first: endpoint and method (404/405), origin (403), API key (401), rate limit (429), shutdown
- * (503 `draining`), media type, charset and encoding (415). `handle` then reads the body.
+ * (503 `draining`), media type, charset and encoding (415). A POST let through carries its site
+ * (its API key's, or the default site without keys) as its grant. `handle` then reads the body.
  */
-export function createRequestHandler(deps: RequestHandlerDeps): HttpHandler {
+export function createRequestHandler(deps: RequestHandlerDeps): HttpHandler<Site> {
   return {
     checkHead: (head) => {
       const allowed = ROUTES[head.path];
@@ -133,8 +136,11 @@ function preflight(request: HttpRequest, deps: RequestHandlerDeps): HttpResponse
   return { status: 204, headers };
 }
 
-/** The header gates of both POST endpoints; undefined when the request may be read. */
-function checkWrite(head: RequestHead, deps: RequestHandlerDeps): HttpResponse | undefined {
+/**
+ * The header gates of both POST endpoints; undefined when the request may be read, its site set
+ * as the head's grant.
+ */
+function checkWrite(head: RequestHead<Site>, deps: RequestHandlerDeps): HttpResponse | undefined {
   const refuse = (status: number, code: string, message: string, headers = {}) => {
     deps.metrics.requestsRefused.inc({ reason: code });
     return errorResponse(status, code, message, {}, headers);
@@ -144,9 +150,11 @@ function checkWrite(head: RequestHead, deps: RequestHandlerDeps): HttpResponse |
     return refuse(403, 'origin_not_allowed', 'this origin may not post events here');
   }
   let client: string;
+  let site: Site | undefined;
   if (deps.apiKeys.enabled) {
     const key = ApiKeys.presented(head.headers);
-    if (key === undefined || !deps.apiKeys.accepts(key)) {
+    site = key === undefined ? undefined : deps.apiKeys.siteOf(key);
+    if (key === undefined || site === undefined) {
       return refuse(
         401,
         key === undefined ? 'missing_api_key' : 'invalid_api_key',
@@ -156,6 +164,7 @@ function checkWrite(head: RequestHead, deps: RequestHandlerDeps): HttpResponse |
     }
     client = `key:${key}`;
   } else {
+    site = deps.apiKeys.defaultSite;
     const address = deps.clientAddress.resolve(head.remoteAddress, head.headers['x-forwarded-for']);
     client = clientKey(address);
   }
@@ -174,12 +183,20 @@ function checkWrite(head: RequestHead, deps: RequestHandlerDeps): HttpResponse |
     head.path === '/activities' ? BATCH_TYPES : SINGLE_TYPES,
   );
   if (!media.ok) return refuse(media.status, media.code, media.message);
+  head.grant = site;
   return undefined;
 }
 
 /** A POST that passed the header gates: its body decoded, validated and produced. */
-async function postEvents(request: HttpRequest, deps: RequestHandlerDeps): Promise<HttpResponse> {
+async function postEvents(
+  request: HttpRequest<Site>,
+  deps: RequestHandlerDeps,
+): Promise<HttpResponse> {
   const receivedAtMs = Date.now();
+  const site = request.grant;
+  // checkWrite sets it on every POST it lets through: without one, whose events these are is
+  // unknown, and they must not land in some site by default.
+  if (site === undefined) throw new Error('a POST reached the handler without a site');
   const batch = request.path === '/activities';
   const media = checkMediaType(request.headers, batch ? BATCH_TYPES : SINGLE_TYPES);
   if (!media.ok) return errorResponse(media.status, media.code, media.message);
@@ -198,12 +215,13 @@ async function postEvents(request: HttpRequest, deps: RequestHandlerDeps): Promi
     );
   }
   return batch
-    ? postBatch(body.text, media.mediaType, receivedAtMs, deps)
-    : postSingle(body.text, receivedAtMs, deps);
+    ? postBatch(body.text, media.mediaType, site, receivedAtMs, deps)
+    : postSingle(body.text, site, receivedAtMs, deps);
 }
 
 async function postSingle(
   text: string,
+  site: Site,
   receivedAtMs: number,
   deps: RequestHandlerDeps,
 ): Promise<HttpResponse> {
@@ -224,12 +242,12 @@ async function postSingle(
       result.field === undefined ? {} : { field: result.field },
     );
   }
-  const [failure] = await produce([result.event], receivedAtMs, deps);
+  const [failure] = await produce([result.event], site, receivedAtMs, deps);
   if (failure instanceof Error) {
     deps.metrics.eventsRejected.inc({ reason: failure.code });
     return errorResponse(503, failure.code, failure.message, {}, RETRY_AFTER);
   }
-  deps.metrics.eventsAccepted.inc();
+  deps.metrics.eventsAccepted.inc({ site: site.name });
   return json(200, {
     status: 'accepted',
     ...(result.event.event_id === undefined ? {} : { event_id: result.event.event_id }),
@@ -244,6 +262,7 @@ async function postSingle(
 async function postBatch(
   text: string,
   mediaType: string,
+  site: Site,
   receivedAtMs: number,
   deps: RequestHandlerDeps,
 ): Promise<HttpResponse> {
@@ -277,7 +296,7 @@ async function postBatch(
   let accepted = 0;
   let brokerFailure: PipelineError | undefined;
   if (valid.length > 0) {
-    const outcomes = await produce(valid, receivedAtMs, deps);
+    const outcomes = await produce(valid, site, receivedAtMs, deps);
     outcomes.forEach((failure, i) => {
       if (failure === null) {
         accepted++;
@@ -292,7 +311,7 @@ async function postBatch(
         retryable: true,
       });
     });
-    deps.metrics.eventsAccepted.inc(accepted);
+    deps.metrics.eventsAccepted.inc({ site: site.name }, accepted);
   }
   rejected.sort((a, b) => a.index - b.index);
 
@@ -320,11 +339,12 @@ async function postBatch(
  */
 async function produce(
   events: ActivityEvent[],
+  site: Site,
   receivedAtMs: number,
   deps: RequestHandlerDeps,
 ): Promise<Array<PipelineError | null>> {
   try {
-    return await deps.producer.produce(events, receivedAtMs);
+    return await deps.producer.produce(events, site, receivedAtMs);
   } catch (err) {
     if (hasCode(err, 'queue_full', 'broker_unavailable')) {
       deps.logger.warn({ err }, 'events not admitted by the producer');

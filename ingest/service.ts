@@ -26,7 +26,11 @@ export interface IngestService extends Service {
 export async function startIngest(config: IngestConfig, logger: Logger): Promise<IngestService> {
   const state = new StateHolder();
   const registry = createServiceRegistry('ingest', state);
-  const metrics = createIngestMetrics(registry, { maxInFlightEvents: config.maxInFlightEvents });
+  const apiKeys = new ApiKeys(config.apiKeys, config.defaultSiteTimeZone);
+  const metrics = createIngestMetrics(registry, {
+    maxInFlightEvents: config.maxInFlightEvents,
+    sites: apiKeys.sites.map((site) => site.name),
+  });
   const kafka = createKafka({ brokers: config.kafkaBrokers, clientId: 'ingest', logger });
   const producer = new EventProducer(
     kafka,
@@ -67,7 +71,7 @@ export async function startIngest(config: IngestConfig, logger: Logger): Promise
       registry,
       state,
       cors,
-      apiKeys: new ApiKeys(config.apiKeys),
+      apiKeys,
       rateLimiter: new RateLimiter(config.rateLimitPerSec, config.rateLimitBurst),
       clientAddress: new ClientAddressResolver(config.trustedProxies),
       acceptingWrites,
@@ -101,7 +105,16 @@ export async function startIngest(config: IngestConfig, logger: Logger): Promise
     throw err;
   }
   state.set('running');
-  logger.info({ host: config.host, port: http.port, topic: config.topic }, 'ingest listening');
+  logger.info(
+    {
+      host: config.host,
+      port: http.port,
+      topic: config.topic,
+      authentication: apiKeys.enabled,
+      sites: apiKeys.sites.map((site) => `${site.name}@${site.timeZone}`),
+    },
+    'ingest listening',
+  );
 
   let closing: Promise<void> | undefined;
   const close = (): Promise<void> => {

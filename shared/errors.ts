@@ -12,7 +12,8 @@ export type PipelineErrorCode =
   | 'database_unavailable'
   | 'database_write_failed'
   | 'shutdown_timeout'
-  | 'deadline_exceeded';
+  | 'deadline_exceeded'
+  | 'sketch_invalid';
 
 export class PipelineError extends Error {
   override readonly name = 'PipelineError';

@@ -210,6 +210,12 @@ export async function writeFlush(
         client,
         allFlushes[0]?.windowSeconds ?? 0,
         rollups.maxActivityTypes,
+        flushes
+          .filter((flush) => Number.isFinite(flush.closedThrough))
+          .map((flush) => ({
+            partition: flush.partition,
+            completeBefore: flush.closedThrough + flush.windowSeconds * 1000,
+          })),
       );
     }
     if (pauseBeforeCommit !== undefined) {

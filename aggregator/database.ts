@@ -42,7 +42,7 @@ export class Database {
         keepAlive: true,
         // The server ends a session stuck inside a transaction, so a dead aggregator never holds
         // row locks for long.
-        options: `-c search_path=${this.options.schema} -c idle_in_transaction_session_timeout=30000`,
+        options: `-c search_path=${this.options.schema},public -c idle_in_transaction_session_timeout=30000`,
       });
       client.on('error', (err) => {
         this.options.logger.warn({ err }, 'database connection lost');

@@ -1,4 +1,5 @@
 import type { ClientBase } from 'pg';
+import { HLL_COLUMN_TYPE_SQL } from '../shared/hll.js';
 
 /**
  * Versioned schema migrations, applied in order at start-up. Safe to run from many instances at
@@ -246,6 +247,26 @@ const MIGRATIONS: ReadonlyArray<{ version: number; name: string; sql: string }> 
       DROP TABLE window_users_v3, window_events_v3;
     `,
   },
+  {
+    version: 5,
+    name: 'period_sketches',
+    sql: `
+      -- hll is not a trusted extension: creating it takes a superuser (or an admin's
+      -- CREATE EXTENSION hll beforehand). It lives in public, on every connection's search_path.
+      CREATE EXTENSION IF NOT EXISTS hll WITH SCHEMA public;
+      ALTER TABLE period_metrics
+        ADD COLUMN period_end TIMESTAMPTZ,
+        ADD COLUMN users_hll ${HLL_COLUMN_TYPE_SQL};
+      UPDATE period_metrics
+         SET period_end = CASE period
+               WHEN 'hour' THEN period_start + interval '1 hour'
+               ELSE ((period_start AT TIME ZONE time_zone)::date + 1)::timestamp AT TIME ZONE time_zone
+             END;
+      ALTER TABLE period_metrics ALTER COLUMN period_end SET NOT NULL;
+      COMMENT ON COLUMN period_metrics.users_hll IS
+        'The period''s users as a mergeable sketch (shared/hll.ts), for unique users over ranges: set once every window of the period has closed in its partition, then grown by late events. NULL until then.';
+    `,
+  },
 ];
 
 export const LATEST_SCHEMA_VERSION = MIGRATIONS.at(-1)?.version ?? 0;
@@ -258,7 +279,8 @@ export async function migrate(client: ClientBase, schema: string): Promise<numbe
     // One lock for every instance migrating this schema; released at COMMIT.
     await client.query('SELECT pg_advisory_xact_lock(hashtext($1))', [`migrate:${schema}`]);
     await client.query(`CREATE SCHEMA IF NOT EXISTS ${schema}`);
-    await client.query(`SET LOCAL search_path TO ${schema}`);
+    // public holds the hll extension's type and functions.
+    await client.query(`SET LOCAL search_path TO ${schema}, public`);
     await client.query(
       `CREATE TABLE IF NOT EXISTS schema_migrations (
          version INTEGER PRIMARY KEY,

@@ -67,6 +67,7 @@ async function writeWindowRows(client: pg.Client, rows: readonly WindowRow[]): P
       windowSeconds: r.windowSeconds,
       throughOffset: r.throughOffset,
       watermark: r.watermark,
+      closedThrough: Number.NEGATIVE_INFINITY,
       rows: [r],
       memberships: [
         {

@@ -1,4 +1,5 @@
 import type { ClientBase } from 'pg';
+import { sealSketchesBefore } from './rollups.js';
 
 /**
  * What the aggregator keeps, and for how long: each tier of figures for its own time, and the
@@ -116,6 +117,9 @@ export async function enforceRetention(
   const outcome: RetentionOutcome = { partitionsCreated: 0, partitionsDropped: 0, rowsDeleted: 0 };
   outcome.partitionsCreated = await ensureDailyPartitions(client, nowMs);
   const dropBefore = membershipHorizon(nowMs, settings.maxEventAgeMs) - DROP_DELAY_MS;
+  // Periods not sealed in a flush (a partition that went quiet): their sketches from their users
+  // before those go. Sealing early is never wrong: later users grow a sealed sketch.
+  await sealSketchesBefore(client, nowMs - DAY_MS);
   outcome.partitionsDropped = await dropMembershipBefore(client, dropBefore);
   // What the default partitions caught of those days (windows that had no partition yet).
   for (const table of ['window_users_default', 'window_events_default']) {

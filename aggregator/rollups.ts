@@ -1,4 +1,5 @@
 import type { ClientBase } from 'pg';
+import { HLL_EMPTY_SQL, hllAddAggSql } from '../shared/hll.js';
 
 /**
  * Hour and day figures (`period_metrics`), kept up to date from the membership as a flush stores
@@ -22,13 +23,30 @@ export const EVERY_TYPE = '';
 /** What types past a site's limit count as. */
 export const OTHER_TYPE = 'other';
 
-/** Creates the transaction's list of newly stored events (the rollups' input), emptied at COMMIT. */
+/**
+ * Creates the transaction's list of newly stored events (the rollups' input) and of the users
+ * new to their periods, both emptied at COMMIT.
+ */
 export async function prepareRollupSource(client: ClientBase): Promise<void> {
   await client.query(
     `CREATE TEMP TABLE IF NOT EXISTS rollup_source (
        site TEXT, window_start TIMESTAMPTZ, source_partition INTEGER, user_id TEXT,
        activity_type TEXT, page_view BOOLEAN) ON COMMIT DELETE ROWS`,
   );
+  await client.query(
+    `CREATE TEMP TABLE IF NOT EXISTS rollup_new_users (
+       source_partition INTEGER, site TEXT, period TEXT, period_start TIMESTAMPTZ,
+       activity_type TEXT, user_id TEXT) ON COMMIT DELETE ROWS`,
+  );
+}
+
+/**
+ * Where each flushed partition stands: every window ending at or before `completeBefore` (epoch
+ * ms) is closed once the flush commits, so its periods ending by then have all their users.
+ */
+export interface PartitionProgress {
+  partition: number;
+  completeBefore: number;
 }
 
 /** What `rollUp` added. */
@@ -47,6 +65,7 @@ export async function rollUp(
   client: ClientBase,
   windowSeconds: number,
   maxActivityTypes: number,
+  progress: readonly PartitionProgress[],
 ): Promise<RollupOutcome> {
   await registerActivityTypes(client, maxActivityTypes);
   const result = await client.query<{ events: string; other_typed: string }>(
@@ -59,7 +78,9 @@ export async function rollUp(
                                 - date_trunc('hour', s.window_start AT TIME ZONE m.time_zone))
                 AS hour_start,
               date_trunc('day', s.window_start AT TIME ZONE m.time_zone) AT TIME ZONE m.time_zone
-                AS day_start
+                AS day_start,
+              (date_trunc('day', s.window_start AT TIME ZONE m.time_zone) + interval '1 day')
+                AT TIME ZONE m.time_zone AS day_end
          FROM rollup_source s
          JOIN user_activity_metrics m
            ON m."timestamp" = s.window_start AND m.window_seconds = $1
@@ -67,33 +88,37 @@ export async function rollUp(
          LEFT JOIN activity_types t ON t.site = s.site AND t.activity_type = s.activity_type
      ), keyed AS (
        SELECT e.site, e.source_partition, e.time_zone, e.user_id, e.page_view,
-              p.period, p.period_start, p.activity_type
+              p.period, p.period_start, p.period_end, p.activity_type
          FROM events e
-        CROSS JOIN LATERAL (VALUES ('hour', e.hour_start, $3), ('day', e.day_start, $3),
-                                   ('hour', e.hour_start, e.activity_type),
-                                   ('day', e.day_start, e.activity_type))
-                AS p(period, period_start, activity_type)
+        CROSS JOIN LATERAL (
+               VALUES ('hour', e.hour_start, e.hour_start + interval '1 hour', $3),
+                      ('day', e.day_start, e.day_end, $3),
+                      ('hour', e.hour_start, e.hour_start + interval '1 hour', e.activity_type),
+                      ('day', e.day_start, e.day_end, e.activity_type))
+            AS p(period, period_start, period_end, activity_type)
      ), new_users AS (
        INSERT INTO period_users
          (source_partition, site, period, period_start, activity_type, user_id)
        SELECT DISTINCT source_partition, site, period, period_start, activity_type, user_id
          FROM keyed
        ON CONFLICT DO NOTHING
-       RETURNING source_partition, site, period, period_start, activity_type
+       RETURNING source_partition, site, period, period_start, activity_type, user_id
+     ), kept_new_users AS (
+       INSERT INTO rollup_new_users SELECT * FROM new_users
      ), user_counts AS (
        SELECT source_partition, site, period, period_start, activity_type, count(*) AS users
          FROM new_users GROUP BY 1, 2, 3, 4, 5
      ), event_counts AS (
        SELECT source_partition, site, period, period_start, activity_type,
-              min(time_zone) AS time_zone, count(*) AS events,
+              min(time_zone) AS time_zone, min(period_end) AS period_end, count(*) AS events,
               count(*) FILTER (WHERE page_view) AS page_views
          FROM keyed GROUP BY 1, 2, 3, 4, 5
      ), upserted AS (
        INSERT INTO period_metrics AS m
-         (site, period, period_start, activity_type, source_partition, time_zone,
+         (site, period, period_start, activity_type, source_partition, time_zone, period_end,
           unique_users, page_view_count, event_count)
        SELECT e.site, e.period, e.period_start, e.activity_type, e.source_partition, e.time_zone,
-              coalesce(u.users, 0), e.page_views, e.events
+              e.period_end, coalesce(u.users, 0), e.page_views, e.events
          FROM event_counts e
          LEFT JOIN user_counts u
            USING (source_partition, site, period, period_start, activity_type)
@@ -109,7 +134,9 @@ export async function rollUp(
             (SELECT count(*) FROM upserted) AS rows`,
     [windowSeconds, OTHER_TYPE, EVERY_TYPE],
   );
-  await client.query('TRUNCATE rollup_source');
+  await growSketches(client);
+  await sealSketches(client, progress);
+  await client.query('TRUNCATE rollup_source, rollup_new_users');
   const row = result.rows[0];
   return { events: Number(row?.events ?? 0), otherTyped: Number(row?.other_typed ?? 0) };
 }
@@ -153,4 +180,59 @@ async function registerActivityTypes(client: ClientBase, maxActivityTypes: numbe
      ON CONFLICT DO NOTHING`,
     [sites, maxActivityTypes, OTHER_TYPE],
   );
+}
+
+/** Adds the users new to a period to its sketch, where the period has one already. */
+async function growSketches(client: ClientBase): Promise<void> {
+  await client.query(
+    `UPDATE period_metrics m SET users_hll = hll_union(m.users_hll, n.sketch)
+       FROM (SELECT source_partition, site, period, period_start, activity_type,
+                    ${hllAddAggSql('user_id')} AS sketch
+               FROM rollup_new_users GROUP BY 1, 2, 3, 4, 5) n
+      WHERE m.users_hll IS NOT NULL
+        AND m.source_partition = n.source_partition AND m.site = n.site
+        AND m.period = n.period AND m.period_start = n.period_start
+        AND m.activity_type = n.activity_type`,
+  );
+}
+
+/**
+ * Builds the sketch of each period whose windows have all closed in its partition, from the
+ * period's users: once per period, so that a flush does not rewrite a growing sketch (up to
+ * 80 KB) every time. Later users (late events) grow it (`growSketches`). Retention seals the
+ * rest before their users are dropped (`sealSketchesBefore`).
+ */
+async function sealSketches(
+  client: ClientBase,
+  progress: readonly PartitionProgress[],
+): Promise<void> {
+  if (progress.length === 0) return;
+  await client.query(
+    `UPDATE period_metrics m SET users_hll = (
+       SELECT coalesce(${hllAddAggSql('u.user_id')}, ${HLL_EMPTY_SQL}) FROM period_users u
+        WHERE u.source_partition = m.source_partition AND u.site = m.site
+          AND u.period = m.period AND u.period_start = m.period_start
+          AND u.activity_type = m.activity_type)
+       FROM unnest($1::int[], $2::timestamptz[]) AS p(partition, complete_before)
+      WHERE m.users_hll IS NULL AND m.source_partition = p.partition
+        AND m.period_end <= p.complete_before`,
+    [
+      progress.map((entry) => entry.partition),
+      progress.map((entry) => new Date(entry.completeBefore).toISOString()),
+    ],
+  );
+}
+
+/** Seals every period that ended before `beforeMs`, whatever its partition's progress. */
+export async function sealSketchesBefore(client: ClientBase, beforeMs: number): Promise<number> {
+  const result = await client.query(
+    `UPDATE period_metrics m SET users_hll = (
+       SELECT coalesce(${hllAddAggSql('u.user_id')}, ${HLL_EMPTY_SQL}) FROM period_users u
+        WHERE u.source_partition = m.source_partition AND u.site = m.site
+          AND u.period = m.period AND u.period_start = m.period_start
+          AND u.activity_type = m.activity_type)
+      WHERE m.users_hll IS NULL AND m.period_end <= $1`,
+    [new Date(beforeMs).toISOString()],
+  );
+  return result.rowCount ?? 0;
 }

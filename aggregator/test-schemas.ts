@@ -28,7 +28,7 @@ export class TestSchemas {
   async connect(schema: string): Promise<pg.Client> {
     const client = new pg.Client({
       connectionString: this.databaseUrl,
-      options: `-c search_path=${schema}`,
+      options: `-c search_path=${schema},public`,
       query_timeout: 20_000,
     });
     client.on('error', () => {});

@@ -77,6 +77,8 @@ export interface PartitionFlush {
   windowSeconds: number;
   throughOffset: number;
   watermark: number;
+  /** Every window starting at or before this is closed once the flush commits. */
+  closedThrough: number;
   /** Cumulative figures of the windows held in memory that changed (closing ones included). */
   rows: WindowRow[];
   /** The membership of each of `rows`, by position (sets shared with memory, not copies). */
@@ -438,6 +440,7 @@ export class PartitionWindows {
       windowSeconds: this.windowMs / 1000,
       throughOffset: this.consumedThrough,
       watermark: this.currentWatermark,
+      closedThrough: this.closedThroughStart,
       rows: [],
       memberships: [],
       closedWindowEvents: [],

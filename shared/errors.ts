@@ -13,7 +13,9 @@ export type PipelineErrorCode =
   | 'database_write_failed'
   | 'shutdown_timeout'
   | 'deadline_exceeded'
-  | 'sketch_invalid';
+  | 'sketch_invalid'
+  | 'range_invalid'
+  | 'range_too_long';
 
 export class PipelineError extends Error {
   override readonly name = 'PipelineError';

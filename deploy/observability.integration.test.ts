@@ -30,6 +30,7 @@ import {
 import { createTestResources, type TestResources } from '../e2e/test-resources.js';
 import { readIngestConfig } from '../ingest/config.js';
 import { startIngest } from '../ingest/service.js';
+import { DEFAULT_SITE } from '../shared/event-schema.js';
 import { sleep, withDeadline } from '../shared/lifecycle.js';
 import { createLogger } from '../shared/logger.js';
 import { freeTcpPort, stackFromEnv, waitFor } from '../shared/testing.js';
@@ -56,6 +57,26 @@ const GRAFANA_VARIABLES: Record<string, string> = {
 };
 
 type Json = Record<string, unknown>;
+
+/**
+ * Values of the dashboard's SQL variables, as a viewer of this test's events picks them: they
+ * are all of the site `default` (no API keys).
+ */
+const GRAFANA_SQL_VARIABLES: Record<string, string> = { site: DEFAULT_SITE };
+
+/** The columns each PostgreSQL panel shows, by panel title: every SQL panel must be listed. */
+const SQL_PANEL_COLUMNS: Record<string, string[]> = {
+  'Unique users and page views per window': ['time', 'unique users', 'page views'],
+  'Latest windows': [
+    'window_start',
+    'window_seconds',
+    'unique_users',
+    'page_view_count',
+    'event_count',
+    'is_final',
+    'updated_at',
+  ],
+};
 
 interface PromResponse {
   status: string;
@@ -114,6 +135,74 @@ function dashboardExpressions(): ShippedExpression[] {
     }
   }
   return found;
+}
+
+/** A SQL query of the dashboard: a PostgreSQL panel's target or a variable's query. */
+interface ShippedSql {
+  source: string;
+  /** The panel's title, or the variable's name. */
+  title: string;
+  variable: boolean;
+  sql: string;
+  /** The panel's relative time ("48h"), which replaces the dashboard's range for it. */
+  timeFrom: string | undefined;
+}
+
+function dashboardSql(): ShippedSql[] {
+  const dashboard = JSON.parse(readFileSync(DASHBOARD, 'utf8')) as {
+    panels: Json[];
+    templating: { list: Json[] };
+  };
+  const isPostgres = (source: unknown) =>
+    (source as Json | undefined)?.type === 'grafana-postgresql-datasource';
+  const variables = dashboard.templating.list
+    .filter((variable) => isPostgres(variable.datasource))
+    .map((variable) => ({
+      source: `dashboard variable $${variable.name}`,
+      title: String(variable.name),
+      variable: true,
+      sql: String(variable.query),
+      timeFrom: undefined,
+    }));
+  const panels = dashboard.panels.flatMap((panel) =>
+    ((panel.targets as Json[] | undefined) ?? [])
+      .filter((target) => isPostgres(target.datasource ?? panel.datasource))
+      .map((target) => ({
+        source: `dashboard panel "${panel.title}" ${target.refId}`,
+        title: String(panel.title),
+        variable: false,
+        sql: String(target.rawSql),
+        timeFrom: panel.timeFrom === undefined ? undefined : String(panel.timeFrom),
+      })),
+  );
+  return [...variables, ...panels];
+}
+
+/** The dashboard's own range: `time.from` is now-30m. */
+const DASHBOARD_RANGE = '30m';
+
+/**
+ * A dashboard SQL query as Grafana's PostgreSQL data source runs it over the range that ends
+ * now: `$__timeFilter(column)` expanded as the data source expands it, then the variables
+ * interpolated as Grafana's SQL data sources interpolate a single-valued one (the value as is,
+ * its quotes doubled; the query quotes it). Fails on a macro or variable the test does not know.
+ */
+function grafanaToSql(query: ShippedSql, nowMs = Date.now()): string {
+  const range = /^(\d+)([mhd])$/.exec(query.timeFrom ?? DASHBOARD_RANGE);
+  assert.ok(range !== null, `${query.source}: unknown relative time ${query.timeFrom}`);
+  const unitMs = { m: 60_000, h: 3_600_000, d: 86_400_000 }[range[2] as 'm' | 'h' | 'd'];
+  const from = new Date(nowMs - Number(range[1]) * unitMs).toISOString();
+  const to = new Date(nowMs).toISOString();
+  const expanded = query.sql.replace(
+    /\$__timeFilter\(([^)]+)\)/g,
+    `$1 BETWEEN '${from}' AND '${to}'`,
+  );
+  assert.doesNotMatch(expanded, /\$__\w+/, `a Grafana macro left in ${query.source}`);
+  return expanded.replace(/\$\{?(\w+)\}?/g, (match, name: string) => {
+    const value = GRAFANA_SQL_VARIABLES[name];
+    assert.ok(value !== undefined, `unknown Grafana variable ${match} in ${query.source}`);
+    return value.replaceAll("'", "''");
+  });
 }
 
 function alertExpressions(): ShippedExpression[] {
@@ -575,39 +664,47 @@ test('the alert rules evaluate cleanly; InvalidRecords fires and LateEvents is p
   assert.equal(alerts.find((a) => a.labels.alertname === 'LateEvents')?.state, 'pending');
 });
 
-test('the dashboard SQL reads exactly what was sent from the real view', async () => {
+test('the dashboard SQL reads exactly what was sent from the real views', async () => {
   await stopTraffic?.();
   stopTraffic = undefined;
   await waitForOracle(resources.db, resources.schema, oracle, 30_000);
-  const dashboard = JSON.parse(readFileSync(DASHBOARD, 'utf8')) as { panels: Json[] };
-  const sqlTargets = dashboard.panels.flatMap((panel) =>
-    ((panel.targets as Json[] | undefined) ?? [])
-      .filter((t) => (t.datasource as Json | undefined)?.type === 'grafana-postgresql-datasource')
-      .map((t) => ({
-        title: String(panel.title),
-        format: String(t.format),
-        sql: String(t.rawSql),
-      })),
-  );
-  assert.equal(sqlTargets.length, 2);
-  const from = new Date(Date.now() - 30 * 60_000).toISOString();
-  const to = new Date().toISOString();
-  // Grafana's $__timeFilter(column), as the PostgreSQL data source expands it.
-  const expand = (sql: string): string => {
-    const expanded = sql.replace(/\$__timeFilter\(([^)]+)\)/g, `$1 BETWEEN '${from}' AND '${to}'`);
-    assert.doesNotMatch(expanded, /\$__\w+/, `a Grafana macro left in ${sql}`);
-    return expanded;
-  };
-  // The data source connects to the database whose schema holds the view (public in compose).
+  // The data source connects to the database whose schema holds the views (public in compose).
   await resources.db.query(`SET search_path TO ${resources.schema}`);
+  const run = async (query: ShippedSql): Promise<{ columns: string[]; rows: Json[] }> => {
+    const result = await resources.db.query(grafanaToSql(query)).catch((err: Error) => {
+      throw new Error(`${query.source}: ${err.message}\n  ${grafanaToSql(query)}`);
+    });
+    return { columns: result.fields.map((field) => field.name), rows: result.rows as Json[] };
+  };
+
+  // The $site variable lists the sites with windows: this test's events are all of `default`.
+  const [siteVariable, ...otherVariables] = dashboardSql().filter((q) => q.variable);
+  assert.ok(siteVariable !== undefined && otherVariables.length === 0, 'one SQL variable, $site');
+  const sites = await run(siteVariable);
+  assert.deepEqual(sites.columns, ['site']);
+  assert.deepEqual(
+    sites.rows.map((row) => row.site),
+    [GRAFANA_SQL_VARIABLES.site],
+  );
+
+  // Every SQL panel runs and answers with the columns its panel shows.
+  const panels = new Map(
+    dashboardSql()
+      .filter((q) => !q.variable)
+      .map((q) => [q.title, q]),
+  );
+  assert.deepEqual([...panels.keys()].sort(), Object.keys(SQL_PANEL_COLUMNS).sort());
+  const answers = new Map<string, Json[]>();
+  for (const [title, query] of panels) {
+    const { columns, rows } = await run(query);
+    assert.deepEqual(columns, SQL_PANEL_COLUMNS[title], `columns of "${title}"`);
+    answers.set(title, rows);
+  }
+
   const expected = oracle.expected();
   assert.ok(expected.length >= 2, JSON.stringify(expected));
-
-  const series = sqlTargets.find((t) => t.format === 'time_series');
-  assert.ok(series, 'a time-series panel of windows');
-  const rows = (await resources.db.query(expand(series.sql))).rows as Json[];
   assert.deepEqual(
-    rows.map((row) => ({
+    (answers.get('Unique users and page views per window') ?? []).map((row) => ({
       window_start: (row.time as Date).toISOString(),
       unique_users: Number(row['unique users']),
       page_view_count: Number(row['page views']),
@@ -618,12 +715,11 @@ test('the dashboard SQL reads exactly what was sent from the real view', async (
       page_view_count,
     })),
   );
-
-  const table = sqlTargets.find((t) => t.format === 'table');
-  assert.ok(table, 'a table of the latest windows');
-  const latest = (await resources.db.query(expand(table.sql))).rows as Json[];
   assert.deepEqual(
-    latest.map((row) => [(row.window_start as Date).toISOString(), Number(row.unique_users)]),
+    (answers.get('Latest windows') ?? []).map((row) => [
+      (row.window_start as Date).toISOString(),
+      Number(row.unique_users),
+    ]),
     [...expected]
       .reverse()
       .slice(0, 30)

@@ -27,6 +27,12 @@ import {
   waitForOracle,
   windowStartOf,
 } from '../e2e/activity-oracle.js';
+import {
+  type Figure,
+  figureDifferences,
+  localDayStart,
+  RollupOracle,
+} from '../e2e/rollup-oracle.js';
 import { createTestResources, type TestResources } from '../e2e/test-resources.js';
 import { readIngestConfig } from '../ingest/config.js';
 import { startIngest } from '../ingest/service.js';
@@ -43,6 +49,11 @@ const PROMETHEUS_DIR = join(REPO_ROOT, 'deploy', 'prometheus');
 const DASHBOARD = join(REPO_ROOT, 'deploy', 'grafana', 'dashboards', 'pipeline.json');
 const WINDOW_SEC = 10;
 const WINDOW_MS = WINDOW_SEC * 1000;
+/**
+ * The time zone of the site `default` here: 5:45 off UTC, so that an hour panel or a "today" that
+ * followed UTC instead of the site's zone would read other rows than the oracle expects.
+ */
+const SITE_TIME_ZONE = 'Asia/Kathmandu';
 const AGGREGATOR_REPLICAS = 2;
 
 /**
@@ -66,6 +77,9 @@ const GRAFANA_SQL_VARIABLES: Record<string, string> = { site: DEFAULT_SITE };
 
 /** The columns each PostgreSQL panel shows, by panel title: every SQL panel must be listed. */
 const SQL_PANEL_COLUMNS: Record<string, string[]> = {
+  'Unique users, page views and events per hour': ['time', 'unique users', 'page views', 'events'],
+  'Unique users, page views and events per day': ['time', 'unique users', 'page views', 'events'],
+  'Today by activity type': ['activity type', 'events', 'unique users'],
   'Unique users and page views per window': ['time', 'unique users', 'page views'],
   'Latest windows': [
     'window_start',
@@ -108,6 +122,22 @@ let derivedConfigPath = '';
 let trafficStartedAt = 0;
 let stopTraffic: (() => Promise<void>) | undefined;
 const oracle = new ActivityOracle(WINDOW_MS);
+const rollupOracle = new RollupOracle(WINDOW_MS);
+let eventsCounted = 0;
+
+/** Counts an accepted event in both oracles: its window, and its site's hour and day. */
+function expectCounted(event: ClientEvent): void {
+  oracle.add(event);
+  rollupOracle.add({
+    site: DEFAULT_SITE,
+    time_zone: SITE_TIME_ZONE,
+    user_id: String(event.user_id),
+    activity_type: String(event.activity_type),
+    timestamp: Number(event.timestamp),
+    // The traffic sends no ids and never repeats an event: each is its own.
+    event_id: `event-${eventsCounted++}`,
+  });
+}
 
 /** Substitutes Grafana's variables; fails on one the test does not know. */
 function grafanaToPromQL(expr: string): string {
@@ -289,7 +319,7 @@ function startTraffic(intervalMs: number): () => Promise<void> {
       const batch: unknown[] =
         round % 4 === 0 ? [...events, { user_id: '', activity_type: 'page_view' }] : events;
       const outcome = await postActivities(ingestPort, batch as ClientEvent[]);
-      for (const event of outcome.accepted) if (event.user_id !== '') oracle.add(event);
+      for (const event of outcome.accepted) if (event.user_id !== '') expectCounted(event);
       // And a request refused before its events are read (415), for the refused-by-reason
       // series: more than one, because a labelled series is born at 1 on its first increment
       // and rate() cannot see that step.
@@ -320,6 +350,7 @@ before(async () => {
     TOPIC_PARTITIONS: '3',
     INGEST_PORT: String(ingestPort),
     WINDOW_SEC: String(WINDOW_SEC),
+    DEFAULT_SITE_TIME_ZONE: SITE_TIME_ZONE,
     // Shorter than the default so that windows become final while the dashboard queries run;
     // no count depends on it (later events are still counted).
     ALLOWED_LATENESS_SEC: '1',
@@ -490,7 +521,7 @@ test('traffic, late and invalid records reach PostgreSQL and the metrics', async
     timestamp: old + i,
   }));
   assert.equal((await postActivities(ingestPort, late)).status, 200);
-  for (const event of late) oracle.add(event);
+  for (const event of late) expectCounted(event);
   // A record no ingest would produce, written straight to the topic: invalid.
   const producer = resources.kafka.producer({ kafkaJS: { acks: -1 } });
   await producer.connect();
@@ -724,5 +755,69 @@ test('the dashboard SQL reads exactly what was sent from the real views', async 
       .reverse()
       .slice(0, 30)
       .map((w) => [w.window_start, w.unique_users]),
+  );
+
+  // The hour and day panels, and today's types, once the last windows have closed: each
+  // period's own figures, in the site's zone, exactly as the oracle counts them.
+  const site = GRAFANA_SQL_VARIABLES.site;
+  const periodFigures = (rows: Json[], period: string): Figure[] =>
+    rows.map((row) => ({
+      key: `${site}|${period}|${(row.time as Date).toISOString()}|`,
+      unique_users: Number(row['unique users']),
+      page_view_count: Number(row['page views']),
+      event_count: Number(row.events),
+    }));
+  const periods = rollupOracle.expectedPeriods();
+  const expectedPeriods = (period: string) =>
+    periods
+      .filter((f) => f.key.startsWith(`${site}|${period}|`) && f.key.endsWith('|'))
+      .sort((a, b) => a.key.localeCompare(b.key));
+  let seen = '';
+  await waitFor(
+    async () => {
+      const differences: string[] = [];
+      for (const [title, period] of [
+        ['Unique users, page views and events per hour', 'hour'],
+        ['Unique users, page views and events per day', 'day'],
+      ] as const) {
+        const query = panels.get(title);
+        assert.ok(query !== undefined);
+        const shown = periodFigures((await run(query)).rows, period);
+        const wanted = expectedPeriods(period);
+        assert.ok(wanted.length > 0);
+        if (JSON.stringify(shown) !== JSON.stringify(wanted)) {
+          differences.push(`${title}:\n  ${figureDifferences(shown, wanted)}`);
+        }
+      }
+      const query = panels.get('Today by activity type');
+      assert.ok(query !== undefined);
+      const today = new Date(localDayStart(Date.now(), SITE_TIME_ZONE)).toISOString();
+      const shown = (await run(query)).rows.map((row) => ({
+        type: String(row['activity type']),
+        events: Number(row.events),
+        users: Number(row['unique users']),
+      }));
+      const wanted = periods
+        .filter((f) => f.key.startsWith(`${site}|day|${today}|`) && !f.key.endsWith('|'))
+        .map((f) => ({
+          type: f.key.split('|')[3] ?? '',
+          events: f.event_count,
+          users: f.unique_users,
+        }))
+        .sort((a, b) => b.events - a.events || a.type.localeCompare(b.type));
+      if (JSON.stringify(shown) !== JSON.stringify(wanted)) {
+        differences.push(
+          `today by type: ${JSON.stringify(shown)}, oracle ${JSON.stringify(wanted)}`,
+        );
+      }
+      seen = differences.join('\n');
+      return differences.length === 0 ? true : undefined;
+    },
+    {
+      timeoutMs: 30_000,
+      intervalMs: 500,
+      what: 'the hour, day and activity-type panels to equal the oracle',
+      describe: () => seen,
+    },
   );
 });

@@ -103,6 +103,12 @@ interface PromResponse {
   warnings?: string[];
 }
 
+/**
+ * Panel targets this test cannot feed, by legend: database retries need a failing database, and
+ * an aggregator's first retention run comes a minute after it starts, after this test's queries.
+ */
+const NO_DATA_EXPECTED = [/^db retries/, /^since last success$/];
+
 /** A PromQL expression found in the shipped files, with where it comes from. */
 interface ShippedExpression {
   source: string;
@@ -594,8 +600,7 @@ test('every dashboard and alert expression evaluates; every panel returns data',
     const finite = (range.data?.result ?? []).some((series) =>
       (series.values ?? []).some((point) => Number.isFinite(Number(point[1]))),
     );
-    // Database retries need a failing database: the one panel target this test cannot feed.
-    if (!finite && !shipped.legend?.startsWith('db retries')) {
+    if (!finite && !NO_DATA_EXPECTED.some((legend) => legend.test(shipped.legend ?? ''))) {
       empty.push(`${shipped.source} [${shipped.legend}]: ${query}`);
     }
   }
@@ -636,6 +641,7 @@ test('every dashboard and alert expression evaluates; every panel returns data',
     ['Freshness', 'p95'],
     ['Worker pool', 'task p99'],
     ['Partitions, rebalances, pauses', 'partitions {{instance}}'],
+    ['Hour and day rollups / s', 'events added'],
   ];
   const flat: string[] = [];
   for (const [panel, legend] of core) {

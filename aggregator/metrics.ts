@@ -206,6 +206,7 @@ export function createAggregatorMetrics(registry: Registry) {
   for (const operation of ['connect', 'flush', 'checkpoint'])
     metrics.databaseRetries.inc({ operation }, 0);
   for (const type of ['assign', 'revoke']) metrics.rebalances.inc({ type }, 0);
+  for (const result of ['ok', 'skipped', 'error']) metrics.retentionRuns.inc({ result }, 0);
   for (const reason of REPLACEMENT_REASONS) metrics.consumerReplacements.inc({ reason }, 0);
   return metrics;
 }

@@ -1,9 +1,9 @@
 /**
  * Static check of the container path, which this machine cannot run (no Docker engine):
  * docker-compose.yml, the Dockerfiles, redpanda.yaml and the Prometheus and Grafana files must
- * agree with each other and with the services' real configuration readers. What it cannot
- * prove (images build, containers start, DNS discovery finds replicas) is listed in the README,
- * "Run with Docker".
+ * agree with each other and with the services' real configuration readers and metrics. What it
+ * cannot prove (images build, containers start, DNS discovery finds replicas) is listed in the
+ * README, "Run with Docker".
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -23,7 +23,12 @@ import { join, posix } from 'node:path';
 import { describe, test } from 'node:test';
 import { parse } from 'yaml';
 import { readAggregatorConfig } from '../aggregator/config.js';
+import { createAggregatorMetrics } from '../aggregator/metrics.js';
 import { readIngestConfig } from '../ingest/config.js';
+import { createIngestMetrics } from '../ingest/metrics.js';
+import { DEFAULT_SITE } from '../shared/event-schema.js';
+import { StateHolder } from '../shared/lifecycle.js';
+import { createServiceRegistry } from '../shared/service-metrics.js';
 import { REPO_ROOT } from './local/stack.js';
 
 type Yaml = Record<string, unknown>;
@@ -175,6 +180,29 @@ function dockerIgnoreRegExp(pattern: string): RegExp {
 }
 
 const APP_SERVICES = ['ingest', 'aggregator'] as const;
+
+/**
+ * The series names ingest and the aggregator expose, from their real registries: their own
+ * metrics, Node's process metrics and the state gauge; a histogram as its `_bucket`, `_sum` and
+ * `_count` series.
+ */
+async function exposedSeries(): Promise<Set<string>> {
+  const ingest = createServiceRegistry('ingest', new StateHolder());
+  createIngestMetrics(ingest, { maxInFlightEvents: 1, sites: [DEFAULT_SITE] });
+  const aggregator = createServiceRegistry('aggregator', new StateHolder());
+  createAggregatorMetrics(aggregator);
+  const names = new Set<string>();
+  for (const registry of [ingest, aggregator]) {
+    for (const [, name = '', type] of (await registry.metrics()).matchAll(
+      /^# TYPE (\S+) (\S+)$/gm,
+    )) {
+      names.add(name);
+      const parts = { histogram: ['_bucket', '_sum', '_count'], summary: ['_sum', '_count'] };
+      for (const suffix of parts[type as keyof typeof parts] ?? []) names.add(`${name}${suffix}`);
+    }
+  }
+  return names;
+}
 
 describe('docker-compose.yml', () => {
   test('every service has a healthcheck and no fixed container name', () => {
@@ -383,6 +411,36 @@ describe('docker-compose.yml', () => {
       'dashboard datasource uids',
     );
     assert.deepEqual([...used].sort(), ['postgres', 'prometheus']);
+  });
+});
+
+describe('deploy/grafana/dashboards/pipeline.json', () => {
+  test('every metric its panels and variables query is one the services register', async () => {
+    const dashboard = JSON.parse(repoFile('deploy/grafana/dashboards/pipeline.json')) as {
+      panels: Yaml[];
+      templating: { list: Yaml[] };
+    };
+    const queries = [
+      ...dashboard.panels.flatMap((panel) =>
+        ((panel.targets as Yaml[] | undefined) ?? []).flatMap((target) =>
+          target.expr === undefined ? [] : [String(target.expr)],
+        ),
+      ),
+      ...dashboard.templating.list.flatMap((variable) =>
+        obj(variable.datasource, 'variable datasource').type === 'prometheus'
+          ? [String(variable.definition)]
+          : [],
+      ),
+    ];
+    assert.ok(queries.length >= 40, `${queries.length} PromQL queries found`);
+    const exposed = await exposedSeries();
+    const unknown = new Set<string>();
+    for (const query of queries) {
+      for (const [name] of query.matchAll(/\b(?:ingest|aggregator|process|nodejs)_[a-z0-9_]+/g)) {
+        if (!exposed.has(name)) unknown.add(name);
+      }
+    }
+    assert.deepEqual([...unknown], [], 'queried but not registered by ingest or the aggregator');
   });
 });
 

@@ -27,9 +27,16 @@ import {
   waitForOracle,
   windowStartOf,
 } from '../e2e/activity-oracle.js';
+import {
+  type Figure,
+  figureDifferences,
+  localDayStart,
+  RollupOracle,
+} from '../e2e/rollup-oracle.js';
 import { createTestResources, type TestResources } from '../e2e/test-resources.js';
 import { readIngestConfig } from '../ingest/config.js';
 import { startIngest } from '../ingest/service.js';
+import { DEFAULT_SITE } from '../shared/event-schema.js';
 import { sleep, withDeadline } from '../shared/lifecycle.js';
 import { createLogger } from '../shared/logger.js';
 import { freeTcpPort, stackFromEnv, waitFor } from '../shared/testing.js';
@@ -42,6 +49,11 @@ const PROMETHEUS_DIR = join(REPO_ROOT, 'deploy', 'prometheus');
 const DASHBOARD = join(REPO_ROOT, 'deploy', 'grafana', 'dashboards', 'pipeline.json');
 const WINDOW_SEC = 10;
 const WINDOW_MS = WINDOW_SEC * 1000;
+/**
+ * The time zone of the site `default` here: 5:45 off UTC, so that an hour panel or a "today" that
+ * followed UTC instead of the site's zone would read other rows than the oracle expects.
+ */
+const SITE_TIME_ZONE = 'Asia/Kathmandu';
 const AGGREGATOR_REPLICAS = 2;
 
 /**
@@ -57,6 +69,29 @@ const GRAFANA_VARIABLES: Record<string, string> = {
 
 type Json = Record<string, unknown>;
 
+/**
+ * Values of the dashboard's SQL variables, as a viewer of this test's events picks them: they
+ * are all of the site `default` (no API keys).
+ */
+const GRAFANA_SQL_VARIABLES: Record<string, string> = { site: DEFAULT_SITE };
+
+/** The columns each PostgreSQL panel shows, by panel title: every SQL panel must be listed. */
+const SQL_PANEL_COLUMNS: Record<string, string[]> = {
+  'Unique users, page views and events per hour': ['time', 'unique users', 'page views', 'events'],
+  'Unique users, page views and events per day': ['time', 'unique users', 'page views', 'events'],
+  'Today by activity type': ['activity type', 'events', 'unique users'],
+  'Unique users and page views per window': ['time', 'unique users', 'page views'],
+  'Latest windows': [
+    'window_start',
+    'window_seconds',
+    'unique_users',
+    'page_view_count',
+    'event_count',
+    'is_final',
+    'updated_at',
+  ],
+};
+
 interface PromResponse {
   status: string;
   data?: {
@@ -67,6 +102,12 @@ interface PromResponse {
   error?: string;
   warnings?: string[];
 }
+
+/**
+ * Panel targets this test cannot feed, by legend: database retries need a failing database, and
+ * an aggregator's first retention run comes a minute after it starts, after this test's queries.
+ */
+const NO_DATA_EXPECTED = [/^db retries/, /^since last success$/];
 
 /** A PromQL expression found in the shipped files, with where it comes from. */
 interface ShippedExpression {
@@ -87,6 +128,22 @@ let derivedConfigPath = '';
 let trafficStartedAt = 0;
 let stopTraffic: (() => Promise<void>) | undefined;
 const oracle = new ActivityOracle(WINDOW_MS);
+const rollupOracle = new RollupOracle(WINDOW_MS);
+let eventsCounted = 0;
+
+/** Counts an accepted event in both oracles: its window, and its site's hour and day. */
+function expectCounted(event: ClientEvent): void {
+  oracle.add(event);
+  rollupOracle.add({
+    site: DEFAULT_SITE,
+    time_zone: SITE_TIME_ZONE,
+    user_id: String(event.user_id),
+    activity_type: String(event.activity_type),
+    timestamp: Number(event.timestamp),
+    // The traffic sends no ids and never repeats an event: each is its own.
+    event_id: `event-${eventsCounted++}`,
+  });
+}
 
 /** Substitutes Grafana's variables; fails on one the test does not know. */
 function grafanaToPromQL(expr: string): string {
@@ -114,6 +171,74 @@ function dashboardExpressions(): ShippedExpression[] {
     }
   }
   return found;
+}
+
+/** A SQL query of the dashboard: a PostgreSQL panel's target or a variable's query. */
+interface ShippedSql {
+  source: string;
+  /** The panel's title, or the variable's name. */
+  title: string;
+  variable: boolean;
+  sql: string;
+  /** The panel's relative time ("48h"), which replaces the dashboard's range for it. */
+  timeFrom: string | undefined;
+}
+
+function dashboardSql(): ShippedSql[] {
+  const dashboard = JSON.parse(readFileSync(DASHBOARD, 'utf8')) as {
+    panels: Json[];
+    templating: { list: Json[] };
+  };
+  const isPostgres = (source: unknown) =>
+    (source as Json | undefined)?.type === 'grafana-postgresql-datasource';
+  const variables = dashboard.templating.list
+    .filter((variable) => isPostgres(variable.datasource))
+    .map((variable) => ({
+      source: `dashboard variable $${variable.name}`,
+      title: String(variable.name),
+      variable: true,
+      sql: String(variable.query),
+      timeFrom: undefined,
+    }));
+  const panels = dashboard.panels.flatMap((panel) =>
+    ((panel.targets as Json[] | undefined) ?? [])
+      .filter((target) => isPostgres(target.datasource ?? panel.datasource))
+      .map((target) => ({
+        source: `dashboard panel "${panel.title}" ${target.refId}`,
+        title: String(panel.title),
+        variable: false,
+        sql: String(target.rawSql),
+        timeFrom: panel.timeFrom === undefined ? undefined : String(panel.timeFrom),
+      })),
+  );
+  return [...variables, ...panels];
+}
+
+/** The dashboard's own range: `time.from` is now-30m. */
+const DASHBOARD_RANGE = '30m';
+
+/**
+ * A dashboard SQL query as Grafana's PostgreSQL data source runs it over the range that ends
+ * now: `$__timeFilter(column)` expanded as the data source expands it, then the variables
+ * interpolated as Grafana's SQL data sources interpolate a single-valued one (the value as is,
+ * its quotes doubled; the query quotes it). Fails on a macro or variable the test does not know.
+ */
+function grafanaToSql(query: ShippedSql, nowMs = Date.now()): string {
+  const range = /^(\d+)([mhd])$/.exec(query.timeFrom ?? DASHBOARD_RANGE);
+  assert.ok(range !== null, `${query.source}: unknown relative time ${query.timeFrom}`);
+  const unitMs = { m: 60_000, h: 3_600_000, d: 86_400_000 }[range[2] as 'm' | 'h' | 'd'];
+  const from = new Date(nowMs - Number(range[1]) * unitMs).toISOString();
+  const to = new Date(nowMs).toISOString();
+  const expanded = query.sql.replace(
+    /\$__timeFilter\(([^)]+)\)/g,
+    `$1 BETWEEN '${from}' AND '${to}'`,
+  );
+  assert.doesNotMatch(expanded, /\$__\w+/, `a Grafana macro left in ${query.source}`);
+  return expanded.replace(/\$\{?(\w+)\}?/g, (match, name: string) => {
+    const value = GRAFANA_SQL_VARIABLES[name];
+    assert.ok(value !== undefined, `unknown Grafana variable ${match} in ${query.source}`);
+    return value.replaceAll("'", "''");
+  });
 }
 
 function alertExpressions(): ShippedExpression[] {
@@ -200,7 +325,7 @@ function startTraffic(intervalMs: number): () => Promise<void> {
       const batch: unknown[] =
         round % 4 === 0 ? [...events, { user_id: '', activity_type: 'page_view' }] : events;
       const outcome = await postActivities(ingestPort, batch as ClientEvent[]);
-      for (const event of outcome.accepted) if (event.user_id !== '') oracle.add(event);
+      for (const event of outcome.accepted) if (event.user_id !== '') expectCounted(event);
       // And a request refused before its events are read (415), for the refused-by-reason
       // series: more than one, because a labelled series is born at 1 on its first increment
       // and rate() cannot see that step.
@@ -231,6 +356,7 @@ before(async () => {
     TOPIC_PARTITIONS: '3',
     INGEST_PORT: String(ingestPort),
     WINDOW_SEC: String(WINDOW_SEC),
+    DEFAULT_SITE_TIME_ZONE: SITE_TIME_ZONE,
     // Shorter than the default so that windows become final while the dashboard queries run;
     // no count depends on it (later events are still counted).
     ALLOWED_LATENESS_SEC: '1',
@@ -401,7 +527,7 @@ test('traffic, late and invalid records reach PostgreSQL and the metrics', async
     timestamp: old + i,
   }));
   assert.equal((await postActivities(ingestPort, late)).status, 200);
-  for (const event of late) oracle.add(event);
+  for (const event of late) expectCounted(event);
   // A record no ingest would produce, written straight to the topic: invalid.
   const producer = resources.kafka.producer({ kafkaJS: { acks: -1 } });
   await producer.connect();
@@ -474,8 +600,7 @@ test('every dashboard and alert expression evaluates; every panel returns data',
     const finite = (range.data?.result ?? []).some((series) =>
       (series.values ?? []).some((point) => Number.isFinite(Number(point[1]))),
     );
-    // Database retries need a failing database: the one panel target this test cannot feed.
-    if (!finite && !shipped.legend?.startsWith('db retries')) {
+    if (!finite && !NO_DATA_EXPECTED.some((legend) => legend.test(shipped.legend ?? ''))) {
       empty.push(`${shipped.source} [${shipped.legend}]: ${query}`);
     }
   }
@@ -516,6 +641,7 @@ test('every dashboard and alert expression evaluates; every panel returns data',
     ['Freshness', 'p95'],
     ['Worker pool', 'task p99'],
     ['Partitions, rebalances, pauses', 'partitions {{instance}}'],
+    ['Hour and day rollups / s', 'events added'],
   ];
   const flat: string[] = [];
   for (const [panel, legend] of core) {
@@ -575,39 +701,47 @@ test('the alert rules evaluate cleanly; InvalidRecords fires and LateEvents is p
   assert.equal(alerts.find((a) => a.labels.alertname === 'LateEvents')?.state, 'pending');
 });
 
-test('the dashboard SQL reads exactly what was sent from the real view', async () => {
+test('the dashboard SQL reads exactly what was sent from the real views', async () => {
   await stopTraffic?.();
   stopTraffic = undefined;
   await waitForOracle(resources.db, resources.schema, oracle, 30_000);
-  const dashboard = JSON.parse(readFileSync(DASHBOARD, 'utf8')) as { panels: Json[] };
-  const sqlTargets = dashboard.panels.flatMap((panel) =>
-    ((panel.targets as Json[] | undefined) ?? [])
-      .filter((t) => (t.datasource as Json | undefined)?.type === 'grafana-postgresql-datasource')
-      .map((t) => ({
-        title: String(panel.title),
-        format: String(t.format),
-        sql: String(t.rawSql),
-      })),
-  );
-  assert.equal(sqlTargets.length, 2);
-  const from = new Date(Date.now() - 30 * 60_000).toISOString();
-  const to = new Date().toISOString();
-  // Grafana's $__timeFilter(column), as the PostgreSQL data source expands it.
-  const expand = (sql: string): string => {
-    const expanded = sql.replace(/\$__timeFilter\(([^)]+)\)/g, `$1 BETWEEN '${from}' AND '${to}'`);
-    assert.doesNotMatch(expanded, /\$__\w+/, `a Grafana macro left in ${sql}`);
-    return expanded;
-  };
-  // The data source connects to the database whose schema holds the view (public in compose).
+  // The data source connects to the database whose schema holds the views (public in compose).
   await resources.db.query(`SET search_path TO ${resources.schema}`);
+  const run = async (query: ShippedSql): Promise<{ columns: string[]; rows: Json[] }> => {
+    const result = await resources.db.query(grafanaToSql(query)).catch((err: Error) => {
+      throw new Error(`${query.source}: ${err.message}\n  ${grafanaToSql(query)}`);
+    });
+    return { columns: result.fields.map((field) => field.name), rows: result.rows as Json[] };
+  };
+
+  // The $site variable lists the sites with windows: this test's events are all of `default`.
+  const [siteVariable, ...otherVariables] = dashboardSql().filter((q) => q.variable);
+  assert.ok(siteVariable !== undefined && otherVariables.length === 0, 'one SQL variable, $site');
+  const sites = await run(siteVariable);
+  assert.deepEqual(sites.columns, ['site']);
+  assert.deepEqual(
+    sites.rows.map((row) => row.site),
+    [GRAFANA_SQL_VARIABLES.site],
+  );
+
+  // Every SQL panel runs and answers with the columns its panel shows.
+  const panels = new Map(
+    dashboardSql()
+      .filter((q) => !q.variable)
+      .map((q) => [q.title, q]),
+  );
+  assert.deepEqual([...panels.keys()].sort(), Object.keys(SQL_PANEL_COLUMNS).sort());
+  const answers = new Map<string, Json[]>();
+  for (const [title, query] of panels) {
+    const { columns, rows } = await run(query);
+    assert.deepEqual(columns, SQL_PANEL_COLUMNS[title], `columns of "${title}"`);
+    answers.set(title, rows);
+  }
+
   const expected = oracle.expected();
   assert.ok(expected.length >= 2, JSON.stringify(expected));
-
-  const series = sqlTargets.find((t) => t.format === 'time_series');
-  assert.ok(series, 'a time-series panel of windows');
-  const rows = (await resources.db.query(expand(series.sql))).rows as Json[];
   assert.deepEqual(
-    rows.map((row) => ({
+    (answers.get('Unique users and page views per window') ?? []).map((row) => ({
       window_start: (row.time as Date).toISOString(),
       unique_users: Number(row['unique users']),
       page_view_count: Number(row['page views']),
@@ -618,15 +752,78 @@ test('the dashboard SQL reads exactly what was sent from the real view', async (
       page_view_count,
     })),
   );
-
-  const table = sqlTargets.find((t) => t.format === 'table');
-  assert.ok(table, 'a table of the latest windows');
-  const latest = (await resources.db.query(expand(table.sql))).rows as Json[];
   assert.deepEqual(
-    latest.map((row) => [(row.window_start as Date).toISOString(), Number(row.unique_users)]),
+    (answers.get('Latest windows') ?? []).map((row) => [
+      (row.window_start as Date).toISOString(),
+      Number(row.unique_users),
+    ]),
     [...expected]
       .reverse()
       .slice(0, 30)
       .map((w) => [w.window_start, w.unique_users]),
+  );
+
+  // The hour and day panels, and today's types, once the last windows have closed: each
+  // period's own figures, in the site's zone, exactly as the oracle counts them.
+  const site = GRAFANA_SQL_VARIABLES.site;
+  const periodFigures = (rows: Json[], period: string): Figure[] =>
+    rows.map((row) => ({
+      key: `${site}|${period}|${(row.time as Date).toISOString()}|`,
+      unique_users: Number(row['unique users']),
+      page_view_count: Number(row['page views']),
+      event_count: Number(row.events),
+    }));
+  const periods = rollupOracle.expectedPeriods();
+  const expectedPeriods = (period: string) =>
+    periods
+      .filter((f) => f.key.startsWith(`${site}|${period}|`) && f.key.endsWith('|'))
+      .sort((a, b) => a.key.localeCompare(b.key));
+  let seen = '';
+  await waitFor(
+    async () => {
+      const differences: string[] = [];
+      for (const [title, period] of [
+        ['Unique users, page views and events per hour', 'hour'],
+        ['Unique users, page views and events per day', 'day'],
+      ] as const) {
+        const query = panels.get(title);
+        assert.ok(query !== undefined);
+        const shown = periodFigures((await run(query)).rows, period);
+        const wanted = expectedPeriods(period);
+        assert.ok(wanted.length > 0);
+        if (JSON.stringify(shown) !== JSON.stringify(wanted)) {
+          differences.push(`${title}:\n  ${figureDifferences(shown, wanted)}`);
+        }
+      }
+      const query = panels.get('Today by activity type');
+      assert.ok(query !== undefined);
+      const today = new Date(localDayStart(Date.now(), SITE_TIME_ZONE)).toISOString();
+      const shown = (await run(query)).rows.map((row) => ({
+        type: String(row['activity type']),
+        events: Number(row.events),
+        users: Number(row['unique users']),
+      }));
+      const wanted = periods
+        .filter((f) => f.key.startsWith(`${site}|day|${today}|`) && !f.key.endsWith('|'))
+        .map((f) => ({
+          type: f.key.split('|')[3] ?? '',
+          events: f.event_count,
+          users: f.unique_users,
+        }))
+        .sort((a, b) => b.events - a.events || a.type.localeCompare(b.type));
+      if (JSON.stringify(shown) !== JSON.stringify(wanted)) {
+        differences.push(
+          `today by type: ${JSON.stringify(shown)}, oracle ${JSON.stringify(wanted)}`,
+        );
+      }
+      seen = differences.join('\n');
+      return differences.length === 0 ? true : undefined;
+    },
+    {
+      timeoutMs: 30_000,
+      intervalMs: 500,
+      what: 'the hour, day and activity-type panels to equal the oracle',
+      describe: () => seen,
+    },
   );
 });

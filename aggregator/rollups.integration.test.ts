@@ -16,7 +16,6 @@ import { AggregatorProcess } from '../e2e/aggregator-process.js';
 import {
   type Figure,
   figureDifferences,
-  localDayStart,
   RollupOracle,
   readMinutes,
   readPeriods,

@@ -182,6 +182,13 @@ async function registerActivityTypes(client: ClientBase, maxActivityTypes: numbe
   );
 }
 
+/** The sketch of a `period_metrics` row `m`, from its users. */
+const SKETCH_OF_USERS = `(
+  SELECT coalesce(${hllAddAggSql('u.user_id')}, ${HLL_EMPTY_SQL}) FROM period_users u
+   WHERE u.source_partition = m.source_partition AND u.site = m.site
+     AND u.period = m.period AND u.period_start = m.period_start
+     AND u.activity_type = m.activity_type)`;
+
 /** Adds the users new to a period to its sketch, where the period has one already. */
 async function growSketches(client: ClientBase): Promise<void> {
   await client.query(
@@ -208,11 +215,7 @@ async function sealSketches(
 ): Promise<void> {
   if (progress.length === 0) return;
   await client.query(
-    `UPDATE period_metrics m SET users_hll = (
-       SELECT coalesce(${hllAddAggSql('u.user_id')}, ${HLL_EMPTY_SQL}) FROM period_users u
-        WHERE u.source_partition = m.source_partition AND u.site = m.site
-          AND u.period = m.period AND u.period_start = m.period_start
-          AND u.activity_type = m.activity_type)
+    `UPDATE period_metrics m SET users_hll = ${SKETCH_OF_USERS}
        FROM unnest($1::int[], $2::timestamptz[]) AS p(partition, complete_before)
       WHERE m.users_hll IS NULL AND m.source_partition = p.partition
         AND m.period_end <= p.complete_before`,
@@ -226,11 +229,7 @@ async function sealSketches(
 /** Seals every period that ended before `beforeMs`, whatever its partition's progress. */
 export async function sealSketchesBefore(client: ClientBase, beforeMs: number): Promise<number> {
   const result = await client.query(
-    `UPDATE period_metrics m SET users_hll = (
-       SELECT coalesce(${hllAddAggSql('u.user_id')}, ${HLL_EMPTY_SQL}) FROM period_users u
-        WHERE u.source_partition = m.source_partition AND u.site = m.site
-          AND u.period = m.period AND u.period_start = m.period_start
-          AND u.activity_type = m.activity_type)
+    `UPDATE period_metrics m SET users_hll = ${SKETCH_OF_USERS}
       WHERE m.users_hll IS NULL AND m.period_end <= $1`,
     [new Date(beforeMs).toISOString()],
   );

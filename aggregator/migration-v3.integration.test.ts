@@ -5,10 +5,11 @@
  * The version-3 state is written as that version wrote it, from a partition's records: windows
  * made final before membership was stored (no membership), windows closed with their users and
  * event ids (final, and one closed early, not final yet), an open window, and the ownership
- * epochs. Then migration 4 runs — from two connections at once, and again — and the aggregator
- * carries on in process (`claimPartition`, the replay of the open window, `PartitionWindows` fed
- * by the worker logic, `writeFlush`): late events for migrated windows count once, through the
- * migrated membership, into the minute rows and the hour and day figures.
+ * epochs. Then the migrations since run — from two connections at once, and again — and the
+ * aggregator carries on in process (`claimPartition`, the replay of the open window,
+ * `PartitionWindows` fed by the worker logic, `writeFlush`): late events for migrated windows
+ * count once, through the migrated membership, into the minute rows and the hour and day
+ * figures.
  */
 import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
@@ -25,7 +26,7 @@ import { DEFAULT_SITE, PAGE_VIEW } from '../shared/event-schema.js';
 import { stackFromEnv } from '../shared/testing.js';
 import { aggregateBatch, packRecords, syntheticEventId } from './batch-aggregator.js';
 import { writeFlush } from './copy-writer.js';
-import { migrate } from './migrations.js';
+import { LATEST_SCHEMA_VERSION, migrate } from './migrations.js';
 import { claimPartition } from './partition-recovery.js';
 import { TestSchemas } from './test-schemas.js';
 import { PartitionWindows } from './window-state.js';
@@ -233,14 +234,15 @@ test('a database written by the previous version is migrated in place with its f
     await first.query('SELECT * FROM user_activity_window_totals ORDER BY window_start')
   ).rows;
 
-  // Migration 4 from two instances at once: one applies it, the other waits and finds it done.
+  // The upgrade from two instances at once: one applies it, the other waits and finds it done.
+  const upgrade = Array.from({ length: LATEST_SCHEMA_VERSION - 3 }, (_, i) => 4 + i);
   const applied = await Promise.all([migrate(first, schema), migrate(second, schema)]);
-  assert.deepEqual(applied.map((versions) => versions.join()).sort(), ['', '4']);
+  assert.deepEqual(applied.map((versions) => versions.join()).sort(), ['', upgrade.join()]);
   assert.deepEqual(await migrate(second, schema), [], 'a second run changes nothing');
   const versions = await first.query('SELECT version FROM schema_migrations ORDER BY 1');
   assert.deepEqual(
     versions.rows.map((row) => row.version),
-    [1, 2, 3, 4],
+    [1, 2, 3, ...upgrade],
   );
 
   // Every minute row as it was, now of the site `default` in UTC.

@@ -7,9 +7,9 @@ import { sealSketchesBefore } from './rollups.js';
  * still arrive for it. One instance at a time enforces it (a session advisory lock), hourly.
  *
  * Membership lives in daily partitions (UTC days), so forgetting a day is dropping its tables:
- * no long DELETE, no table bloat, and a lock on the parent only for the moment of the drop,
- * bounded by a short `lock_timeout` (a drop that cannot get it at once is tried again the next
- * hour). Figures are few rows per window or hour, deleted in small batches.
+ * no long DELETE, no table bloat, and a lock on the parent only for the moment of the drop (or
+ * of a creation), bounded by a short `lock_timeout` (a drop that cannot get it at once is tried
+ * again the next hour). Figures are few rows per window or hour, deleted in small batches.
  *
  * The membership of a window is needed while an event for it can be valid: up to
  * `maxEventAgeMs` after its end, by the event's receive time, plus a day for a consumer that
@@ -37,8 +37,14 @@ const DROP_DELAY_MS = DAY_MS;
 const DAYS_AHEAD = 2;
 /** Rows deleted per statement: each holds its row locks for a moment only. */
 const DELETE_BATCH = 5_000;
-/** The longest a drop waits for its lock before giving up until the next run. */
+/** The longest a drop or a creation waits for a lock before giving up (see their callers). */
 const LOCK_TIMEOUT = '500ms';
+/** Attempts at a day's partitions in one run, and the pause between them. */
+const CREATE_ATTEMPTS = 5;
+const CREATE_RETRY_MS = 1_000;
+/** PostgreSQL's code for a lock not granted within `lock_timeout`. */
+const LOCK_NOT_AVAILABLE = '55P03';
+const DEADLOCK_DETECTED = '40P01';
 const MEMBERSHIP_TABLES = ['window_users', 'window_events', 'period_users'] as const;
 
 /**
@@ -59,23 +65,36 @@ export interface RetentionOutcome {
 /**
  * Creates the daily membership partitions of today and the next days, where missing; one
  * instance at a time (a transaction lock), each day in a transaction of its own.
+ *
+ * A day's three partitions are created in one transaction, each holding its parent's lock until
+ * COMMIT, while a flush locks the same parents in another order: waiting on a flush while holding
+ * a parent it needs would be a deadlock. So each lock waits at most `lock_timeout` (shorter than
+ * PostgreSQL's deadlock_timeout, 1 s by default), and a day that could not get them is tried again
+ * a little later, then left to the next run: the days ahead are created two days early.
  */
 export async function ensureDailyPartitions(client: ClientBase, nowMs: number): Promise<number> {
   let created = 0;
+  const schema = await currentSchema(client);
   for (let day = 0; day <= DAYS_AHEAD; day++) {
     const date = isoDate(utcDay(nowMs) + day * DAY_MS);
-    await client.query('BEGIN');
-    try {
-      await client.query('SELECT pg_advisory_xact_lock(hashtext($1))', [
-        `partitions:${await currentSchema(client)}`,
-      ]);
-      const before = await countPartitions(client);
-      await client.query('SELECT activity_ensure_day_partitions($1::date)', [date]);
-      created += (await countPartitions(client)) - before;
-      await client.query('COMMIT');
-    } catch (err) {
-      await client.query('ROLLBACK').catch(() => {});
-      throw err;
+    for (let attempt = 1; ; attempt++) {
+      await client.query('BEGIN');
+      try {
+        await client.query('SELECT pg_advisory_xact_lock(hashtext($1))', [`partitions:${schema}`]);
+        await client.query(`SET LOCAL lock_timeout = '${LOCK_TIMEOUT}'`);
+        const before = await countPartitions(client);
+        await client.query('SELECT activity_ensure_day_partitions($1::date)', [date]);
+        created += (await countPartitions(client)) - before;
+        await client.query('COMMIT');
+        break;
+      } catch (err) {
+        await client.query('ROLLBACK').catch(() => {});
+        const code = (err as { code?: string }).code;
+        // A deadlock_timeout set below lock_timeout makes the creation lose the deadlock instead.
+        if (code !== LOCK_NOT_AVAILABLE && code !== DEADLOCK_DETECTED) throw err;
+        if (attempt >= CREATE_ATTEMPTS) break;
+        await new Promise((resolve) => setTimeout(resolve, CREATE_RETRY_MS));
+      }
     }
   }
   return created;
@@ -201,8 +220,6 @@ async function dropMembershipBefore(client: ClientBase, beforeMs: number): Promi
   }
   return dropped;
 }
-
-const LOCK_NOT_AVAILABLE = '55P03';
 
 async function deleteInBatches(
   client: ClientBase,

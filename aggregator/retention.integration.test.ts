@@ -180,8 +180,9 @@ async function writePeriodRows(
 ): Promise<void> {
   await client.query(
     `INSERT INTO period_metrics (site, period, period_start, activity_type, source_partition,
-       time_zone, unique_users, page_view_count, event_count)
-     SELECT 'old', $1, $2::timestamptz + k * $3::interval, '', 0, 'UTC', 1, 0, 1
+       time_zone, period_end, unique_users, page_view_count, event_count)
+     SELECT 'old', $1, $2::timestamptz + k * $3::interval, '', 0, 'UTC',
+            $2::timestamptz + (k + 1) * $3::interval, 1, 0, 1
        FROM generate_series(0, $4::int - 1) k`,
     [period, iso(from), period === 'hour' ? '1 hour' : '1 day', n],
   );
@@ -565,6 +566,25 @@ describe('retention', () => {
     assert.deepEqual((await client.query('SELECT period_start FROM period_users_default')).rows, [
       { period_start: new Date(PERIOD_DROP_BEFORE) },
     ]);
+  });
+
+  test('a day whose rows already sit in the default partition stays there; the others are made', async () => {
+    const client = await schemas.fresh();
+    const tomorrow = NOW - (NOW % DAY_MS) + DAY_MS;
+    // Tomorrow's partition missing and a row of tomorrow in the default one (creation failed
+    // for days): creating tomorrow would violate the default's constraint.
+    await client.query(`INSERT INTO window_users VALUES ($1, 60, 0, 's', 'u')`, [
+      iso(tomorrow + HOUR_MS),
+    ]);
+    const created = await ensureDailyPartitions(client, NOW);
+    const names = (await partitions(client)).filter((name) => name.startsWith('window_users_p'));
+    const day = (ms: number) => new Date(ms).toISOString().slice(0, 10).replaceAll('-', '');
+    assert.ok(names.includes(`window_users_p${day(NOW)}`));
+    assert.ok(!names.includes(`window_users_p${day(tomorrow)}`));
+    assert.ok(names.includes(`window_users_p${day(tomorrow + DAY_MS)}`));
+    assert.equal(created, 6, "today's and the day after tomorrow's three tables");
+    // And a whole run goes on past it.
+    assert.ok(await enforceRetentionOnce(client, DEFAULTS, NOW));
   });
 
   test('an event for a window older than the membership horizon is dead-lettered as late', () => {

@@ -44,6 +44,7 @@ const CREATE_ATTEMPTS = 5;
 const CREATE_RETRY_MS = 1_000;
 /** PostgreSQL's code for a lock not granted within `lock_timeout`. */
 const LOCK_NOT_AVAILABLE = '55P03';
+const CHECK_VIOLATION = '23514';
 const DEADLOCK_DETECTED = '40P01';
 const MEMBERSHIP_TABLES = ['window_users', 'window_events', 'period_users'] as const;
 
@@ -90,6 +91,9 @@ export async function ensureDailyPartitions(client: ClientBase, nowMs: number): 
       } catch (err) {
         await client.query('ROLLBACK').catch(() => {});
         const code = (err as { code?: string }).code;
+        // Rows of that day already in the default partition (it had no partition of its own in
+        // time): the day stays there, counted as any other, and retention deletes it from there.
+        if (code === CHECK_VIOLATION) break;
         // A deadlock_timeout set below lock_timeout makes the creation lose the deadlock instead.
         if (code !== LOCK_NOT_AVAILABLE && code !== DEADLOCK_DETECTED) throw err;
         if (attempt >= CREATE_ATTEMPTS) break;

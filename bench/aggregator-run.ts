@@ -1,8 +1,11 @@
 /**
  * One aggregator process reading a pre-filled topic from its beginning: the consumption rate
  * until it has consumed the whole topic, from the aggregator's own counter
- * (`aggregator_records_consumed_total`), and its CPU over the same interval.
+ * (`aggregator_records_consumed_total`), and its CPU over the same interval. Optionally also the
+ * time until PostgreSQL holds the whole topic (every partition's `through_offset` at its last
+ * record): the rate that counts a slower flush, which consumption does not wait for.
  */
+import pg from 'pg';
 import { sleep } from '../shared/lifecycle.js';
 import type { ConsumeRun } from './baselines/kcat-consumer.js';
 import { startCpuMeter } from './process-sampler.js';
@@ -10,6 +13,17 @@ import type { BenchContext } from './scenario.js';
 import { type RunningService, readMetric, startAggregatorProcess } from './service-processes.js';
 
 const POLL_MS = 100;
+
+/** A catch-up run, with what the aggregator's own metrics said once it had consumed the topic. */
+export interface AggregatorRun extends ConsumeRun {
+  /** With `endOffsets`: from the first record until PostgreSQL held the whole topic. */
+  stored?: { elapsedSec: number; eventsPerSec: number; capped: boolean };
+  /** Flushes that committed or failed, and their total time (`aggregator_flush_duration_seconds`). */
+  flushes: number;
+  flushSec: number;
+  /** Events the flushes added to the hour and day figures (`aggregator_rollup_events_total`). */
+  rolledUp: number;
+}
 
 export async function aggregatorCatchup(
   context: BenchContext,
@@ -19,12 +33,17 @@ export async function aggregatorCatchup(
     workers: number;
     capSec: number;
     env?: Record<string, string>;
+    /**
+     * The topic's end offsets: after consuming, wait (up to `capSec` more) until PostgreSQL holds
+     * every partition through its last record.
+     */
+    endOffsets?: ReadonlyMap<number, number>;
     /** Called once caught up, before the process is stopped (the memory scenario reads RSS here). */
     whenCaughtUp?: (service: RunningService) => Promise<void>;
     /** Called once assigned, before the first record (the memory scenario's idle RSS). */
     whenStarted?: (service: RunningService) => Promise<void>;
   },
-): Promise<ConsumeRun> {
+): Promise<AggregatorRun> {
   const run = context.topics.name(`agg_w${options.workers}`);
   const service = await startAggregatorProcess({
     kafkaBrokers: context.kafkaBrokers,
@@ -63,15 +82,75 @@ export async function aggregatorCatchup(
     }
     const elapsedSec = (performance.now() - startedAt) / 1000;
     const cpu = meter.stop();
-    await options.whenCaughtUp?.(service);
-    return {
+    const stored =
+      options.endOffsets === undefined
+        ? undefined
+        : await waitStored(context.databaseUrl, run, options.endOffsets, capMs, () => {
+            if (!service.process.running)
+              throw new Error(`the aggregator exited${service.process.tail()}`);
+          });
+    const metric = async (name: string): Promise<number> =>
+      (await readMetric(service.url, name)) ?? Number.NaN;
+    const result: AggregatorRun = {
       consumed,
       elapsedSec,
       eventsPerSec: consumed / elapsedSec,
       cpuPct: cpu.byPid.get(service.process.pid) ?? 0,
       capped: consumed < options.records,
+      flushes: await metric('aggregator_flushes_total'),
+      flushSec: await metric('aggregator_flush_duration_seconds_sum'),
+      rolledUp: await metric('aggregator_rollup_events_total'),
     };
+    if (stored !== undefined) {
+      const storedSec = (stored.atMs - startedAt) / 1000;
+      result.stored = {
+        elapsedSec: storedSec,
+        eventsPerSec: stored.records / storedSec,
+        capped: stored.capped,
+      };
+    }
+    await options.whenCaughtUp?.(service);
+    return result;
   } finally {
     await service.process.stop();
+  }
+}
+
+/**
+ * Polls the run's schema every 100 ms until every partition's highest `through_offset` is its
+ * last record's offset, or `capMs` passed: when (a `performance.now()` time), and how many
+ * records PostgreSQL held by then (all of them unless capped).
+ */
+async function waitStored(
+  databaseUrl: string,
+  schema: string,
+  endOffsets: ReadonlyMap<number, number>,
+  capMs: number,
+  check: () => void,
+): Promise<{ atMs: number; records: number; capped: boolean }> {
+  const db = new pg.Client({ connectionString: databaseUrl, query_timeout: 10_000 });
+  await db.connect();
+  try {
+    const deadline = performance.now() + capMs;
+    for (;;) {
+      check();
+      const result = await db.query<{ p: number; through: string }>(
+        `SELECT source_partition AS p, max(through_offset)::text AS through
+           FROM ${schema}.user_activity_metrics GROUP BY source_partition`,
+      );
+      const atMs = performance.now();
+      const through = new Map(result.rows.map((row) => [row.p, Number(row.through)]));
+      let records = 0;
+      let complete = true;
+      for (const [partition, end] of endOffsets) {
+        const last = through.get(partition) ?? -1;
+        records += Math.min(end, last + 1);
+        if (last < end - 1) complete = false;
+      }
+      if (complete || atMs > deadline) return { atMs, records, capped: !complete };
+      await sleep(POLL_MS);
+    }
+  } finally {
+    await db.end().catch(() => {});
   }
 }

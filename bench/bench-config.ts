@@ -7,11 +7,12 @@ export const SCENARIO_NAMES = [
   'aggregate-catchup',
   'end-to-end',
   'memory',
+  'rollups',
 ] as const;
 export type ScenarioName = (typeof SCENARIO_NAMES)[number];
 
 /**
- * How long and how hard each scenario runs. `full` is `make bench` (about 18 minutes on 2 cores);
+ * How long and how hard each scenario runs. `full` is `make bench` (about 28 minutes on 2 cores);
  * `smoke` is the seconds-long run `make test` does so that the harness cannot rot.
  */
 export interface BenchConfig {
@@ -37,6 +38,17 @@ export interface BenchConfig {
   endToEndLoadShare: number;
   /** Distinct users held in open windows for the memory scenario. */
   memoryUsers: number;
+  /** The rollups scenario's synthetic history, written straight into PostgreSQL. */
+  rollupHistory: {
+    days: number;
+    usersPerDay: number;
+    /** Everyone who may come back: each day's users are drawn from it with a skew. */
+    population: number;
+    /** The last days whose users are in `period_users` too. */
+    membershipDays: number;
+  };
+  /** Timed calls of each unique-users range, after the first. */
+  rangeQueryCalls: number;
   /** The aggregator's FLUSH_INTERVAL_SEC in every scenario (its default). */
   flushIntervalSec: number;
   /** The commit the measured code was exported from, when the bench runs outside a checkout. */
@@ -45,7 +57,8 @@ export interface BenchConfig {
 
 /**
  * Reads the bench's environment once: BENCH_PROFILE, BENCH_RESULTS_DIR, the scenario list
- * (arguments or SCENARIO), and for trials BENCH_RUNS, BENCH_CATCHUP_EVENTS, BENCH_MEMORY_USERS; BENCH_SOURCE_COMMIT names the commit
+ * (arguments or SCENARIO), and for trials BENCH_RUNS, BENCH_CATCHUP_EVENTS, BENCH_MEMORY_USERS,
+ * BENCH_ROLLUP_DAYS, BENCH_ROLLUP_USERS_PER_DAY; BENCH_SOURCE_COMMIT names the commit
  * of a tree exported with `git archive` (no .git to ask).
  */
 export function readBenchConfig(
@@ -72,6 +85,11 @@ export function readBenchConfig(
     min: 1000,
     max: 100_000_000,
   });
+  const rollupDays = r.int('BENCH_ROLLUP_DAYS', smoke ? 3 : 30, { min: 2, max: 400 });
+  const usersPerDay = r.int('BENCH_ROLLUP_USERS_PER_DAY', smoke ? 3_000 : 200_000, {
+    min: 100,
+    max: 10_000_000,
+  });
   const sourceCommit = r.optionalString('BENCH_SOURCE_COMMIT');
   const runs = r.int('BENCH_RUNS', smoke ? 1 : 3, { min: 1, max: 20 });
   r.finish();
@@ -88,6 +106,13 @@ export function readBenchConfig(
     endToEndDurationSec: smoke ? 3 : 60,
     endToEndLoadShare: 0.7,
     memoryUsers,
+    rollupHistory: {
+      days: rollupDays,
+      usersPerDay,
+      population: Math.round(usersPerDay * 7.5),
+      membershipDays: Math.min(rollupDays, smoke ? 2 : 7),
+    },
+    rangeQueryCalls: smoke ? 3 : 20,
     flushIntervalSec: 2,
     sourceCommit,
   };

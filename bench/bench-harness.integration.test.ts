@@ -1,8 +1,10 @@
 /**
- * The benchmark harness cannot rot: `make test` runs it for seconds (BENCH_PROFILE=smoke) on two
+ * The benchmark harness cannot rot: `make test` runs it for seconds (BENCH_PROFILE=smoke) on three
  * scenarios against the test run's broker and PostgreSQL, and checks that every contender got a
- * positive figure, every ratio is a number, and the table was written. The figures themselves
- * mean nothing at this size; `make bench` is the real run.
+ * positive figure, every ratio is a number, and the table was written; for rollups also that
+ * every range was answered with the generated history's exact count (a smoke history is small
+ * enough for exact answers). The figures themselves mean nothing at this size; `make bench` is
+ * the real run.
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -13,9 +15,12 @@ import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { stackFromEnv } from '../shared/testing.js';
 import type { ResultFile } from './results-report.js';
+import type { Figure } from './statistics.js';
 
 const RUN_BENCH = fileURLToPath(new URL('./run-bench.js', import.meta.url));
-const SCENARIOS = ['ingest-single', 'aggregate-catchup'];
+const SCENARIOS = ['ingest-single', 'aggregate-catchup', 'rollups'];
+/** Timed calls of each range in the smoke profile (`rangeQueryCalls`). */
+const SMOKE_RANGE_CALLS = 3;
 
 test('a smoke run of the bench writes sane results and the table', async () => {
   const stack = stackFromEnv();
@@ -60,7 +65,8 @@ test('a smoke run of the bench writes sane results and the table', async () => {
           contender.throughput.median > 0 && Number.isFinite(contender.throughput.median),
           `${scenario}/${contender.name}: positive throughput, got ${contender.throughput.median}`,
         );
-        assert.equal(contender.throughput.runs.length, 1);
+        const perCall = contender.throughput.unit === 'ms per call';
+        assert.equal(contender.throughput.runs.length, perCall ? SMOKE_RANGE_CALLS : 1);
       }
       assert.ok(file.result.ratios.length >= 1);
       for (const ratio of file.result.ratios) {
@@ -76,9 +82,28 @@ test('a smoke run of the bench writes sane results and the table', async () => {
     for (const contender of single.result.contenders) {
       assert.ok((contender.generatorCpuPct?.median ?? 0) > 0, 'the generator CPU is reported');
     }
+    const rollups = JSON.parse(await readFile(join(dir, 'rollups.json'), 'utf8')) as ResultFile;
+    const ranges = rollups.result.contenders.filter((c) => c.throughput.unit === 'ms per call');
+    assert.equal(ranges.length, 8, 'four ranges, open and sealed');
+    for (const range of ranges) {
+      assert.ok((range.extra?.trueUniqueUsers as number) > 0, `${range.name}: a truth to compare`);
+      assert.equal(range.extra?.uniqueUsers, range.extra?.trueUniqueUsers, range.name);
+    }
+    const rolledUp = (name: string): number | undefined =>
+      (
+        rollups.result.contenders.find((c) => c.name === name)?.extra?.rolledUp as
+          | Figure
+          | undefined
+      )?.median;
+    assert.ok((rolledUp('rollups-on') ?? 0) > 0, 'ROLLUPS=on rolls up');
+    assert.equal(rolledUp('rollups-off'), 0, 'ROLLUPS=off does not');
+    assert.equal(rollups.result.warnings.length, 0, rollups.result.warnings.join('; '));
+
     const table = await readFile(join(dir, 'RESULTS.md'), 'utf8');
     for (const scenario of SCENARIOS) assert.match(table, new RegExp(`## ${scenario}`));
     assert.match(table, /\| ingest-single \| .* \| (met|\*\*missed\*\*) \|/);
+    assert.match(table, /\| rollups \| rollups: 3-day range, last day open .* \| <= 200 \|/);
+    assert.match(table, /\| rollups \| rollups: catch-up with rollups on vs off .* \| >= 0.8 \|/);
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

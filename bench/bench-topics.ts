@@ -1,5 +1,5 @@
 /** Topics of a bench run: created with a known partition count, pre-filled, measured. */
-import { type ActivityEvent, encodeEvent } from '../shared/event-schema.js';
+import { type ActivityEvent, DEFAULT_SITE, encodeEvent } from '../shared/event-schema.js';
 import { createKafka, ensureTopic, type Kafka } from '../shared/kafka-client.js';
 import { createLogger } from '../shared/logger.js';
 
@@ -50,8 +50,9 @@ export class BenchTopics {
   }
 
   /**
-   * Writes `events` to `topic` exactly as ingest does (key = user id, JSON value, the receive time
-   * as the record timestamp, the content-type header), as fast as the producer goes.
+   * Writes `events` to `topic` exactly as ingest does (key = `site/user_id`, or the user id alone
+   * for the default site; JSON value, the receive time as the record timestamp, the content-type
+   * header), as fast as the producer goes.
    */
   async fill(
     topic: string,
@@ -75,7 +76,7 @@ export class BenchTopics {
             producer.send({
               topic,
               messages: events.slice(j, j + chunk).map((event) => ({
-                key: event.user_id,
+                key: recordKey(event),
                 value: encodeEvent(event),
                 timestamp,
                 headers: { 'content-type': 'application/json' },
@@ -90,4 +91,11 @@ export class BenchTopics {
       await producer.disconnect();
     }
   }
+}
+
+/** Ingest's record key: one (site, user) always lands in the same partition. */
+function recordKey(event: ActivityEvent): string {
+  return event.site === undefined || event.site === DEFAULT_SITE
+    ? event.user_id
+    : `${event.site}/${event.user_id}`;
 }

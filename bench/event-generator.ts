@@ -53,10 +53,19 @@ export function batchBodies(count: number, batchSize: number, users = 100_000): 
   });
 }
 
+/** A site whose events a topic carries, and its share of them. */
+export interface BenchSite {
+  site: string;
+  timeZone: string;
+  share: number;
+}
+
 /**
  * `count` validated events as ingest would produce them, event times spread evenly over
  * `spanMs` ending at `endMs`, in order (so none is late). `distinct: true` gives every event its
- * own user (the memory scenario). Each event has an `event_id`.
+ * own user (the memory scenario). Each event has an `event_id`. With `sites`, each event belongs
+ * to one of them by its share and carries the `site` and `time_zone` ingest stamps; each site
+ * draws its users from `users` ids of its own.
  */
 export function producedEvents(options: {
   count: number;
@@ -64,15 +73,34 @@ export function producedEvents(options: {
   spanMs: number;
   users?: number;
   distinct?: boolean;
+  sites?: readonly BenchSite[];
 }): ActivityEvent[] {
   const random = new SeededRandom(SEED + 7);
   const users = options.users ?? 200_000;
   const startMs = options.endMs - options.spanMs;
-  return Array.from({ length: options.count }, (_, i) => ({
-    user_id: options.distinct === true ? `user-${i}` : userId(random, users),
-    activity_type: activityType(random),
-    timestamp: Math.floor(startMs + (i / options.count) * options.spanMs),
-    // Every event carries an id, as the README asks clients to send (ingest-sized: ~18 chars).
-    event_id: `bench${SEED.toString(36)}x.${i.toString(36)}`,
-  }));
+  const sites = options.sites ?? [];
+  return Array.from({ length: options.count }, (_, i) => {
+    const event: ActivityEvent = {
+      user_id: options.distinct === true ? `user-${i}` : userId(random, users),
+      activity_type: activityType(random),
+      timestamp: Math.floor(startMs + (i / options.count) * options.spanMs),
+      // Every event carries an id, as the README asks clients to send (ingest-sized: ~18 chars).
+      event_id: `bench${SEED.toString(36)}x.${i.toString(36)}`,
+    };
+    if (sites.length > 0) {
+      const site = pickSite(random, sites);
+      event.site = site.site;
+      event.time_zone = site.timeZone;
+    }
+    return event;
+  });
+}
+
+function pickSite(random: SeededRandom, sites: readonly BenchSite[]): BenchSite {
+  let u = random.next() * sites.reduce((sum, site) => sum + site.share, 0);
+  for (const site of sites) {
+    u -= site.share;
+    if (u < 0) return site;
+  }
+  return sites.at(-1) as BenchSite;
 }

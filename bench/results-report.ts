@@ -45,6 +45,11 @@ const fmt = (n: number): string => {
 const fig = (f: Figure | undefined): string =>
   f === undefined ? '' : `${fmt(f.median)} (${fmt(f.min)}–${fmt(f.max)})`;
 
+/** Every run's figure, or how many there were when they are too many to list. */
+const runsText = (f: Figure): string =>
+  f.runs.length <= MAX_RUNS_LISTED ? f.runs.map(fmt).join(', ') : `${f.runs.length} runs`;
+const MAX_RUNS_LISTED = 5;
+
 export function renderMarkdown(files: readonly ResultFile[]): string {
   const lines: string[] = ['# Benchmark results', ''];
   lines.push(
@@ -96,7 +101,7 @@ export function renderMarkdown(files: readonly ResultFile[]): string {
     );
     for (const c of result.contenders) {
       lines.push(
-        `| ${c.name} | ${c.role} | ${fig(c.throughput)} | ${c.throughput.unit} | ${c.throughput.runs.map(fmt).join(', ')} | ${fmt(c.throughput.spreadPct)} % | ${fig(c.targetCpuPct)} | ${fig(c.generatorCpuPct)} |`,
+        `| ${c.name} | ${c.role} | ${fig(c.throughput)} | ${c.throughput.unit} | ${runsText(c.throughput)} | ${fmt(c.throughput.spreadPct)} % | ${fig(c.targetCpuPct)} | ${fig(c.generatorCpuPct)} |`,
       );
     }
     lines.push('');

@@ -21,6 +21,7 @@ import { endToEnd } from './scenarios/end-to-end.js';
 import { ingestBatch } from './scenarios/ingest-batch.js';
 import { ingestSingle } from './scenarios/ingest-single.js';
 import { memory } from './scenarios/memory.js';
+import { rollups } from './scenarios/rollups.js';
 
 const SCENARIOS: Record<ScenarioName, Scenario> = {
   'ingest-single': ingestSingle,
@@ -28,6 +29,7 @@ const SCENARIOS: Record<ScenarioName, Scenario> = {
   'aggregate-catchup': aggregateCatchup,
   'end-to-end': endToEnd,
   memory,
+  rollups,
 };
 
 const defaultResultsDir = join(REPO_ROOT, 'bench', 'results');

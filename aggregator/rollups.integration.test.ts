@@ -5,9 +5,9 @@
  * (Time zones: `rollup-zones.integration.test.ts`.)
  *
  * Records are produced as ingest stamps them (site, time zone, keyed by site and user), so the
- * aggregator is tested on its own. The settings are the defaults (WINDOW_SEC=60,
- * ALLOWED_LATENESS_SEC=10), except a short session timeout so that a killed member's partitions
- * move in seconds. A failing run prints its seed; `TEST_SEED=<seed>` replays the same events.
+ * aggregator is tested on its own. The settings are the defaults (one-minute windows, the
+ * default lateness), except a short session timeout so that a killed member's partitions move
+ * in seconds. A failing run prints its seed; `TEST_SEED=<seed>` replays the same events.
  */
 import assert from 'node:assert/strict';
 import { type TestContext, test } from 'node:test';

@@ -16,6 +16,7 @@ import { withDeadline } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
 import type { IngestMetrics } from './metrics.js';
 import { DeliveryHealth } from './producer-watchdog.js';
+import { MAX_EVENTS_PER_REQUEST, RequestDelivery } from './request-delivery.js';
 import type { Site } from './sites.js';
 
 const { Producer, CODES } = kafkaJavascript;
@@ -34,9 +35,6 @@ export interface EventProducerOptions {
   ackTimeoutMs: number;
   maxInFlightEvents: number;
 }
-
-/** What a delivery report settles: one event's outcome. */
-type Settle = (outcome: PipelineError | null) => void;
 
 /** The one headers list every record carries (librdkafka copies it per message). */
 const HEADERS: MessageHeader[] = [{ 'content-type': 'application/json' }];
@@ -83,6 +81,13 @@ export class EventProducer {
   /** Assigned ids: unique to this process (random prefix), then a counter. */
   private readonly eventIdPrefix = `${randomBytes(9).toString('base64url')}.`;
   private eventIdSequence = 0;
+  /**
+   * The requests whose events are with a producer (the current one or one retiring), by number.
+   * A message's opaque is `number × MAX_EVENTS_PER_REQUEST + index`: its report finds its request
+   * and event without an object per event. Bounded by the in-flight bound.
+   */
+  private readonly deliveries = new Map<number, RequestDelivery>();
+  private deliverySequence = 0;
 
   constructor(
     private readonly kafka: Kafka,
@@ -134,7 +139,7 @@ export class EventProducer {
         }
       }
       if (err !== null && err.code === CODES.ERRORS.ERR__FATAL) this.onFatal(producer, err);
-      (report.opaque as Settle)(err ? classifyDeliveryError(err) : null);
+      this.settle(report.opaque as number, err ? classifyDeliveryError(err) : null);
     });
     producer.on('event.error', (err: LibrdKafkaError) => {
       this.clientLog.error(err.message, { code: err.code });
@@ -308,6 +313,7 @@ export class EventProducer {
         retryable: true,
       });
     }
+    if (events.length === 0) return [];
     if (this.inFlightEvents + events.length > this.options.maxInFlightEvents) {
       throw new PipelineError(
         'queue_full',
@@ -318,46 +324,60 @@ export class EventProducer {
     this.inFlightEvents += events.length;
     this.metrics.producerInFlight.set(this.inFlightEvents);
     const stopTimer = this.metrics.ackDuration.startTimer();
+    const delivery = new RequestDelivery(events.length);
+    const number = this.deliverySequence++;
+    this.deliveries.set(number, delivery);
+    const firstOpaque = number * MAX_EVENTS_PER_REQUEST;
     const keyPrefix = site.name === DEFAULT_SITE ? '' : `${site.name}/`;
-    try {
-      // One message per event with its own delivery report, so that a batch's answer can say
-      // exactly which events the broker has. librdkafka still batches them on the wire.
-      return await Promise.all(
-        events.map(
-          (event) =>
-            new Promise<PipelineError | null>((settle) => {
-              // Set on the validated event itself, not on a copy: no object per event for it.
-              event.site = site.name;
-              event.time_zone = site.timeZone;
-              const value = Buffer.from(
-                encodeEvent(
-                  event.event_id === undefined ? { ...event, event_id: this.nextEventId() } : event,
-                ),
-              );
-              try {
-                this.producer.produce(
-                  this.options.topic,
-                  null,
-                  value,
-                  keyPrefix === '' ? event.user_id : keyPrefix + event.user_id,
-                  receivedAtMs,
-                  settle,
-                  HEADERS,
-                );
-              } catch (err) {
-                // Refused before it was queued (queue full, not connected): certainly not stored.
-                if ((err as { code?: unknown }).code === CODES.ERRORS.ERR__FATAL) {
-                  this.onFatal(this.producer, err);
-                }
-                settle(classifyRefusal(err));
-              }
-            }),
+    // One message per event with its own delivery report, so that a batch's answer can say
+    // exactly which events the broker has. librdkafka still batches them on the wire.
+    for (let index = 0; index < events.length; index++) {
+      const event = events[index] as ActivityEvent;
+      // Set on the validated event itself, not on a copy: no object per event for it.
+      event.site = site.name;
+      event.time_zone = site.timeZone;
+      const value = Buffer.from(
+        encodeEvent(
+          event.event_id === undefined ? { ...event, event_id: this.nextEventId() } : event,
         ),
       );
+      try {
+        this.producer.produce(
+          this.options.topic,
+          null,
+          value,
+          keyPrefix === '' ? event.user_id : keyPrefix + event.user_id,
+          receivedAtMs,
+          firstOpaque + index,
+          HEADERS,
+        );
+      } catch (err) {
+        // Refused before it was queued (queue full, not connected): certainly not stored.
+        if ((err as { code?: unknown }).code === CODES.ERRORS.ERR__FATAL) {
+          this.onFatal(this.producer, err);
+        }
+        this.settle(firstOpaque + index, classifyRefusal(err));
+      }
+    }
+    try {
+      return await delivery.done;
     } finally {
       stopTimer();
       this.inFlightEvents -= events.length;
       this.metrics.producerInFlight.set(this.inFlightEvents);
+    }
+  }
+
+  /** One event's outcome, `opaque` naming its request and index; the request's last settles it. */
+  private settle(opaque: number, outcome: PipelineError | null): void {
+    const number = Math.floor(opaque / MAX_EVENTS_PER_REQUEST);
+    const delivery = this.deliveries.get(number);
+    if (delivery === undefined) {
+      this.logger.error({ opaque }, 'a delivery report for no request in flight');
+      return;
+    }
+    if (delivery.settle(opaque - number * MAX_EVENTS_PER_REQUEST, outcome)) {
+      this.deliveries.delete(number);
     }
   }
 

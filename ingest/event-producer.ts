@@ -40,6 +40,12 @@ export interface EventProducerOptions {
 const HEADERS: MessageHeader[] = [{ 'content-type': 'application/json' }];
 
 /**
+ * The encoding buffer's size. Every event fits many times over (a validated event is at most
+ * about 9 KB of JSON, at most three bytes per UTF-16 unit); it is never grown.
+ */
+const ENCODE_BUFFER_BYTES = 256 * 1024;
+
+/**
  * Produces validated events and resolves only once the broker has acknowledged every one of
  * them (idempotent producer, acks=all). The number of events waiting for acknowledgement is
  * bounded: past the bound, `produce` fails at once with `queue_full` instead of buffering.
@@ -88,6 +94,13 @@ export class EventProducer {
    */
   private readonly deliveries = new Map<number, RequestDelivery>();
   private deliverySequence = 0;
+  /**
+   * A request's events are encoded one after another into this buffer and each is produced as a
+   * slice of it (a view, no copy): `produce()` copies the bytes into librdkafka's own message
+   * before it returns (`RK_MSG_COPY`), so the buffer is written over by the next request, and
+   * from its start again when a request's events run past its end.
+   */
+  private readonly encodeBuffer = Buffer.allocUnsafe(ENCODE_BUFFER_BYTES);
 
   constructor(
     private readonly kafka: Kafka,
@@ -290,13 +303,13 @@ export class EventProducer {
   }
 
   /**
-   * Produces `events` of `site` (each is stamped with the site's name and time zone: the events
-   * are changed) and resolves, once every one is acknowledged or given up, with one entry
-   * per event: `null` for acknowledged; otherwise a retryable PipelineError — `broker_timeout`
-   * or `broker_outcome_unknown` (no acknowledgement in time, or a failure after the event may
-   * have been written: the outcome is unknown), `broker_unavailable` or `queue_full` (not
-   * stored). Rejects with `queue_full` or `broker_unavailable`, producing nothing, when
-   * the events cannot be admitted at all.
+   * Produces `events` of `site` (each is stamped with the site's name and time zone, and an
+   * `event_id` when it has none: the events are changed) and resolves, once every one is
+   * acknowledged or given up, with one entry per event: `null` for acknowledged; otherwise a
+   * retryable PipelineError — `broker_timeout` or `broker_outcome_unknown` (no acknowledgement in
+   * time, or a failure after the event may have been written: the outcome is unknown),
+   * `broker_unavailable` or `queue_full` (not stored). Rejects with `queue_full` or
+   * `broker_unavailable`, producing nothing, when the events cannot be admitted at all.
    */
   async produce(
     events: readonly ActivityEvent[],
@@ -331,16 +344,24 @@ export class EventProducer {
     const keyPrefix = site.name === DEFAULT_SITE ? '' : `${site.name}/`;
     // One message per event with its own delivery report, so that a batch's answer can say
     // exactly which events the broker has. librdkafka still batches them on the wire.
+    let offset = 0;
     for (let index = 0; index < events.length; index++) {
       const event = events[index] as ActivityEvent;
       // Set on the validated event itself, not on a copy: no object per event for it.
       event.site = site.name;
       event.time_zone = site.timeZone;
-      const value = Buffer.from(
-        encodeEvent(
-          event.event_id === undefined ? { ...event, event_id: this.nextEventId() } : event,
-        ),
-      );
+      event.event_id ??= this.nextEventId();
+      const json = encodeEvent(event);
+      // At most three bytes per UTF-16 unit; what was written before is librdkafka's by now.
+      if (offset + json.length * 3 > ENCODE_BUFFER_BYTES) offset = 0;
+      let value: Buffer;
+      if (json.length * 3 <= ENCODE_BUFFER_BYTES) {
+        const end = offset + this.encodeBuffer.write(json, offset);
+        value = this.encodeBuffer.subarray(offset, end);
+        offset = end;
+      } else {
+        value = Buffer.from(json);
+      }
       try {
         this.producer.produce(
           this.options.topic,

@@ -34,6 +34,10 @@ export interface EventProducerOptions {
   topicPartitions: number;
   ackTimeoutMs: number;
   maxInFlightEvents: number;
+  /** `linger.ms` (PRODUCER_LINGER_SEC). */
+  lingerMs: number;
+  /** `batch.size` (PRODUCER_BATCH_BYTES). */
+  batchBytes: number;
 }
 
 /** The one headers list every record carries (librdkafka copies it per message). */
@@ -129,8 +133,10 @@ export class EventProducer {
       // events land in the same partition whichever Kafka client wrote them, which the exact
       // unique-user counts depend on. librdkafka's own default (CRC32) would place them elsewhere.
       partitioner: 'murmur2_random',
-      // A short linger batches concurrent requests into one produce request.
-      'linger.ms': 2,
+      // A short linger batches concurrent requests into one produce request; chosen by
+      // measurement (docs/CONFIGURATION.md, PRODUCER_LINGER_SEC).
+      'linger.ms': this.options.lingerMs,
+      'batch.size': this.options.batchBytes,
       // librdkafka gives up a message it could not deliver in time. Given up is not the same as
       // not stored: the broker may have written it and lost the acknowledgement (librdkafka's
       // "possibly persisted"). So a timeout is answered as an unknown outcome (see README).

@@ -26,6 +26,11 @@ export interface BenchConfig {
   httpDurationSec: number;
   /** autocannon connections (keep-alive) for single events. */
   httpConnections: number;
+  /**
+   * autocannon worker threads for single events: one thread is the limit before bare uWS is
+   * (it used a whole core against it).
+   */
+  httpGenerators: number;
   /** autocannon connections for batches. */
   batchConnections: number;
   /** Events pre-filled into the catch-up topic. */
@@ -100,6 +105,7 @@ export function readBenchConfig(
     runs,
     httpDurationSec: smoke ? 1 : 10,
     httpConnections: smoke ? 10 : 64,
+    httpGenerators: 2,
     batchConnections: smoke ? 2 : 8,
     catchupEvents,
     catchupCapSec: smoke ? 15 : 30,

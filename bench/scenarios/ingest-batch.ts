@@ -32,6 +32,7 @@ export const ingestBatch: Scenario = {
     const ingest = await startIngestProcess({
       kafkaBrokers: context.kafkaBrokers,
       topic: ingestTopic,
+      cpuProfileDir: config.ingestCpuProfileDir,
     });
     try {
       const bodies = new Map(

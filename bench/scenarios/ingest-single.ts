@@ -33,6 +33,7 @@ export const ingestSingle: Scenario = {
       const ingest = await startIngestProcess({
         kafkaBrokers: context.kafkaBrokers,
         topic: ingestTopic,
+        cpuProfileDir: config.ingestCpuProfileDir,
       });
       servers.push({ name: 'ingest', role: 'target', process: ingest.process, url: ingest.url });
       const barePort = await freeTcpPort();

@@ -183,9 +183,23 @@ export function renderMarkdown(
   return `${lines.join('\n')}`;
 }
 
+/**
+ * `<dir>/analysis.md`, written by hand after a run: why a missed row misses, with the profile
+ * behind it, and what would close it. Appended to RESULTS.md as it is; empty when missing.
+ */
+async function readAnalysis(dir: string): Promise<string> {
+  try {
+    return await readFile(join(dir, 'analysis.md'), 'utf8');
+  } catch {
+    return '';
+  }
+}
+
 export async function writeMarkdown(resultsDir: string, markdownPath: string): Promise<void> {
+  const analysis = await readAnalysis(resultsDir);
   await writeFile(
     markdownPath,
-    renderMarkdown(await readResults(resultsDir), await readBeforeResults(resultsDir)),
+    renderMarkdown(await readResults(resultsDir), await readBeforeResults(resultsDir)) +
+      (analysis === '' ? '' : `\n${analysis}`),
   );
 }

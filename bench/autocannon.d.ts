@@ -13,6 +13,8 @@ declare module 'autocannon' {
     duration?: number;
     overallRate?: number;
     timeout?: number;
+    /** Worker threads firing the requests; connections are divided among them. */
+    workers?: number;
     headers?: Record<string, string>;
     requests?: Request[];
   }

@@ -26,6 +26,11 @@ export interface BenchConfig {
   httpDurationSec: number;
   /** autocannon connections (keep-alive) for single events. */
   httpConnections: number;
+  /**
+   * autocannon worker threads for single events: one thread is the limit before bare uWS is
+   * (it used a whole core against it).
+   */
+  httpGenerators: number;
   /** autocannon connections for batches. */
   batchConnections: number;
   /** Events pre-filled into the catch-up topic. */
@@ -53,13 +58,19 @@ export interface BenchConfig {
   flushIntervalSec: number;
   /** The commit the measured code was exported from, when the bench runs outside a checkout. */
   sourceCommit: string | undefined;
+  /**
+   * Where ingest's processes write a V8 CPU profile (`node --cpu-prof`) when they stop; unset:
+   * none. For finding where a missed ratio's time goes; it slows the profiled process.
+   */
+  ingestCpuProfileDir: string | undefined;
 }
 
 /**
  * Reads the bench's environment once: BENCH_PROFILE, BENCH_RESULTS_DIR, the scenario list
  * (arguments or SCENARIO), and for trials BENCH_RUNS, BENCH_CATCHUP_EVENTS, BENCH_MEMORY_USERS,
  * BENCH_ROLLUP_DAYS, BENCH_ROLLUP_USERS_PER_DAY; BENCH_SOURCE_COMMIT names the commit
- * of a tree exported with `git archive` (no .git to ask).
+ * of a tree exported with `git archive` (no .git to ask); BENCH_INGEST_CPU_PROFILE_DIR profiles
+ * ingest.
  */
 export function readBenchConfig(
   env: NodeJS.ProcessEnv,
@@ -91,6 +102,7 @@ export function readBenchConfig(
     max: 10_000_000,
   });
   const sourceCommit = r.optionalString('BENCH_SOURCE_COMMIT');
+  const ingestCpuProfileDir = r.optionalString('BENCH_INGEST_CPU_PROFILE_DIR');
   const runs = r.int('BENCH_RUNS', smoke ? 1 : 3, { min: 1, max: 20 });
   r.finish();
   return {
@@ -100,6 +112,7 @@ export function readBenchConfig(
     runs,
     httpDurationSec: smoke ? 1 : 10,
     httpConnections: smoke ? 10 : 64,
+    httpGenerators: 2,
     batchConnections: smoke ? 2 : 8,
     catchupEvents,
     catchupCapSec: smoke ? 15 : 30,
@@ -115,5 +128,6 @@ export function readBenchConfig(
     rangeQueryCalls: smoke ? 3 : 20,
     flushIntervalSec: 2,
     sourceCommit,
+    ingestCpuProfileDir,
   };
 }

@@ -16,6 +16,11 @@ export interface LoadOptions {
   overallRate?: number;
   /** Pid of the server under load, whose CPU is reported. */
   targetPid: number;
+  /**
+   * autocannon worker threads (connections divided among them); unset: one, in this thread.
+   * `overallRate` applies per worker.
+   */
+  workers?: number;
 }
 
 export interface LoadResult {
@@ -28,11 +33,16 @@ export interface LoadResult {
   latencyP99Ms: number;
   targetCpuPct: number;
   generatorCpuPct: number;
+  /** The generator's busiest thread: at GENERATOR_BOUND_PCT or more, the run is generator-bound. */
+  generatorThreadCpuPct: number;
   machineCpuPct: number;
   durationSec: number;
 }
 
-/** Generator CPU above this (percent of one core; autocannon is single-threaded) makes a run suspect. */
+/**
+ * A generator thread's CPU above this (percent of one core; each autocannon thread is
+ * single-threaded) makes a run suspect.
+ */
 export const GENERATOR_BOUND_PCT = 90;
 
 export async function runLoad(options: LoadOptions): Promise<LoadResult> {
@@ -44,6 +54,7 @@ export async function runLoad(options: LoadOptions): Promise<LoadResult> {
     duration: options.durationSec,
     timeout: 30,
     ...(options.overallRate === undefined ? {} : { overallRate: options.overallRate }),
+    ...(options.workers === undefined ? {} : { workers: options.workers }),
     requests: options.bodies.map((body) => ({
       method: 'POST',
       path: options.path,
@@ -62,6 +73,7 @@ export async function runLoad(options: LoadOptions): Promise<LoadResult> {
     latencyP99Ms: result.latency.p99,
     targetCpuPct: cpu.byPid.get(options.targetPid) ?? 0,
     generatorCpuPct: cpu.self,
+    generatorThreadCpuPct: cpu.selfBusiestThread,
     machineCpuPct: cpu.machine,
     durationSec: result.duration,
   };

@@ -3,7 +3,7 @@
  * test and of the load generator for every run, so a run where the generator (not the target)
  * was the bottleneck is visible.
  */
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 
 /** Clock ticks per second of /proc's utime/stime (USER_HZ: 100 on every Linux we run on). */
 const TICKS_PER_SEC = 100;
@@ -18,6 +18,27 @@ export function cpuSeconds(pid: number): number | undefined {
   } catch {
     return undefined;
   }
+}
+
+/** User + system CPU seconds of each thread of this process, by thread id. */
+function threadCpuSeconds(): Map<number, number> {
+  const threads = new Map<number, number>();
+  let tids: string[];
+  try {
+    tids = readdirSync('/proc/self/task');
+  } catch {
+    return threads;
+  }
+  for (const tid of tids) {
+    try {
+      const stat = readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      threads.set(Number(tid), (Number(fields[11]) + Number(fields[12])) / TICKS_PER_SEC);
+    } catch {
+      // The thread ended between the listing and the read.
+    }
+  }
+  return threads;
 }
 
 /** Resident set size of `pid` in bytes (VmRSS), undefined once it is gone. */
@@ -47,6 +68,11 @@ export interface CpuUse {
   byPid: Map<number, number>;
   /** This process (the bench harness, which is the load generator when autocannon runs). */
   self: number;
+  /**
+   * Its busiest thread: a generator thread (autocannon's, or one of its workers) near 100 % is
+   * the limit of the run, whatever the process total.
+   */
+  selfBusiestThread: number;
   /** Every process on the machine: broker, Postgres, services, generator. */
   machine: number;
 }
@@ -56,6 +82,9 @@ export function startCpuMeter(pids: readonly number[]): { stop(): CpuUse } {
   const startedAt = performance.now();
   const before = new Map(pids.map((pid) => [pid, cpuSeconds(pid) ?? 0]));
   const selfBefore = process.cpuUsage();
+  const threadsBefore = threadCpuSeconds();
+  // Worker threads end with the run: their last sample is what they used.
+  const threadsLatest = new Map(threadsBefore);
   const machineBefore = machineTicks();
   const cores = navigatorCores();
   // A process that exits before stop() takes its /proc entry with it: keep the last sample.
@@ -65,6 +94,7 @@ export function startCpuMeter(pids: readonly number[]): { stop(): CpuUse } {
       const now = cpuSeconds(pid);
       if (now !== undefined) latest.set(pid, now);
     }
+    for (const [tid, seconds] of threadCpuSeconds()) threadsLatest.set(tid, seconds);
   };
   const timer = setInterval(sample, 100);
   timer.unref();
@@ -79,11 +109,16 @@ export function startCpuMeter(pids: readonly number[]): { stop(): CpuUse } {
         byPid.set(pid, (used / wallSec) * 100);
       }
       const self = process.cpuUsage(selfBefore);
+      let busiest = 0;
+      for (const [tid, seconds] of threadsLatest) {
+        busiest = Math.max(busiest, seconds - (threadsBefore.get(tid) ?? 0));
+      }
       const machineAfter = machineTicks();
       const totalTicks = machineAfter.total - machineBefore.total;
       return {
         byPid,
         self: ((self.user + self.system) / 1e6 / wallSec) * 100,
+        selfBusiestThread: (busiest / wallSec) * 100,
         machine:
           totalTicks === 0
             ? 0

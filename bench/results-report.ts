@@ -50,23 +50,45 @@ const runsText = (f: Figure): string =>
   f.runs.length <= MAX_RUNS_LISTED ? f.runs.map(fmt).join(', ') : `${f.runs.length} runs`;
 const MAX_RUNS_LISTED = 5;
 
-export function renderMarkdown(files: readonly ResultFile[]): string {
+/**
+ * The results of the previous commit, measured in the same session with the same harness, kept
+ * in `<dir>/before/` (none when it is missing).
+ */
+export async function readBeforeResults(dir: string): Promise<ResultFile[]> {
+  try {
+    return await readResults(join(dir, 'before'));
+  } catch {
+    return [];
+  }
+}
+
+export function renderMarkdown(
+  files: readonly ResultFile[],
+  before: readonly ResultFile[] = [],
+): string {
   const lines: string[] = ['# Benchmark results', ''];
   lines.push(
     'Written by `make bench` (`bench/run-bench.ts`); every figure below was measured in the run named in its section, next to its baselines, on the machine described there. Figures are medians over the runs, with the lowest and highest run in brackets. **The machine has 2 cores shared by everything at once**: the Kafka broker (a JVM), PostgreSQL, the service under test, its baselines when they run, and the load generator. Nothing here is a dedicated-hardware figure; the ratios are what carries over.',
     '',
   );
   if (files.length === 0) return `${lines.join('\n')}No results yet.\n`;
+  const beforeRatio = (scenario: string, name: string): string => {
+    const file = before.find((b) => b.result.scenario === scenario);
+    const ratio = file?.result.ratios.find((r) => r.name === name);
+    return ratio === undefined ? '' : `${fmt(ratio.value)} (${file?.machine.gitCommit})`;
+  };
   lines.push(
     '## Targets',
     '',
-    '| scenario | ratio | value | target | verdict |',
-    '|---|---|---|---|---|',
+    'Before: the same ratio of the previous commit, measured in the same session with the same harness ([before](#before)), where there is one.',
+    '',
+    '| scenario | ratio | value | before | target | verdict |',
+    '|---|---|---|---|---|---|',
   );
   for (const { result } of files) {
     for (const ratio of result.ratios) {
       lines.push(
-        `| ${result.scenario} | ${ratio.name} (${ratio.of}) | ${fmt(ratio.value)} | ${ratio.target} | ${ratio.met ? 'met' : '**missed**'} |`,
+        `| ${result.scenario} | ${ratio.name} (${ratio.of}) | ${fmt(ratio.value)} | ${beforeRatio(result.scenario, ratio.name)} | ${ratio.target} | ${ratio.met ? 'met' : '**missed**'} |`,
       );
     }
   }
@@ -129,9 +151,55 @@ export function renderMarkdown(files: readonly ResultFile[]): string {
       lines.push('- validity: no run was generator-bound; no errors');
     lines.push('');
   }
+  if (before.length > 0) {
+    lines.push(
+      '## Before',
+      '',
+      'The previous commit, measured in the same session as the figures above, by the same harness (its JSON: `results/before/`).',
+      '',
+      '| scenario | commit | measured | contender | throughput | unit | process CPU % | generator CPU % |',
+      '|---|---|---|---|---|---|---|---|',
+    );
+    for (const { machine, result } of before) {
+      for (const c of result.contenders) {
+        lines.push(
+          `| ${result.scenario} | ${machine.gitCommit} | ${result.startedAt} | ${c.name} | ${fig(c.throughput)} | ${c.throughput.unit} | ${fig(c.targetCpuPct)} | ${fig(c.generatorCpuPct)} |`,
+        );
+      }
+    }
+    lines.push('');
+    for (const { result } of before) {
+      for (const ratio of result.ratios) {
+        lines.push(
+          `- ${result.scenario}: ${ratio.name}: ${ratio.of} = **${fmt(ratio.value)}** (target ${ratio.target})`,
+        );
+      }
+      for (const note of result.notes ?? []) lines.push(`- ${result.scenario}: note: ${note}`);
+      for (const warning of result.warnings)
+        lines.push(`- ${result.scenario}: validity: ${warning}`);
+    }
+    lines.push('');
+  }
   return `${lines.join('\n')}`;
 }
 
+/**
+ * `<dir>/analysis.md`, written by hand after a run: why a missed row misses, with the profile
+ * behind it, and what would close it. Appended to RESULTS.md as it is; empty when missing.
+ */
+async function readAnalysis(dir: string): Promise<string> {
+  try {
+    return await readFile(join(dir, 'analysis.md'), 'utf8');
+  } catch {
+    return '';
+  }
+}
+
 export async function writeMarkdown(resultsDir: string, markdownPath: string): Promise<void> {
-  await writeFile(markdownPath, renderMarkdown(await readResults(resultsDir)));
+  const analysis = await readAnalysis(resultsDir);
+  await writeFile(
+    markdownPath,
+    renderMarkdown(await readResults(resultsDir), await readBeforeResults(resultsDir)) +
+      (analysis === '' ? '' : `\n${analysis}`),
+  );
 }

@@ -12,9 +12,15 @@ export async function startIngestProcess(options: {
   kafkaBrokers: string;
   topic: string;
   env?: Record<string, string>;
+  /** Where to write a V8 CPU profile when it stops (`--cpu-prof`); unset: none. */
+  cpuProfileDir?: string | undefined;
 }): Promise<RunningService> {
   const port = await freeTcpPort();
-  const process = new BenchProcess('ingest', [distScript('../ingest/main.js')], {
+  const profile =
+    options.cpuProfileDir === undefined
+      ? []
+      : ['--cpu-prof', `--cpu-prof-dir=${options.cpuProfileDir}`];
+  const process = new BenchProcess('ingest', [...profile, distScript('../ingest/main.js')], {
     KAFKA_BROKERS: options.kafkaBrokers,
     TOPIC: options.topic,
     INGEST_HOST: '127.0.0.1',

@@ -22,6 +22,10 @@ export interface IngestConfig {
   producerStallTimeoutMs: number;
   /** Events produced but not yet acknowledged, at most; beyond it requests get 503. */
   maxInFlightEvents: number;
+  /** The producer's `linger.ms`: how long it waits for more events before sending a batch. */
+  producerLingerMs: number;
+  /** The producer's `batch.size`: the most bytes of one partition's batch. */
+  producerBatchBytes: number;
   /** Largest request body accepted, in bytes (as sent, before decompression). */
   maxBodyBytes: number;
   /** Largest body after `Content-Encoding: gzip` is inflated. */
@@ -88,6 +92,8 @@ export function readIngestConfig(env: NodeJS.ProcessEnv): IngestConfig {
     ackTimeoutMs: r.secondsAsMs('ACK_TIMEOUT_SEC', 10, { min: 0.1, max: 300 }),
     producerStallTimeoutMs: r.secondsAsMs('PRODUCER_STALL_TIMEOUT_SEC', 5, { min: 1, max: 300 }),
     maxInFlightEvents: r.int('MAX_IN_FLIGHT_EVENTS', 50_000, { min: 1, max: 10_000_000 }),
+    producerLingerMs: r.secondsAsMs('PRODUCER_LINGER_SEC', 0.002, { min: 0, max: 1 }),
+    producerBatchBytes: r.int('PRODUCER_BATCH_BYTES', 1_000_000, { min: 1024, max: 16_777_216 }),
     maxBodyBytes: r.int('MAX_BODY_BYTES', 1_048_576, { min: 1024, max: 64 * 1_048_576 }),
     maxDecompressedBytes: r.int('MAX_DECOMPRESSED_BYTES', 4_194_304, {
       min: 1024,

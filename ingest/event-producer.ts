@@ -16,6 +16,7 @@ import { withDeadline } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
 import type { IngestMetrics } from './metrics.js';
 import { DeliveryHealth } from './producer-watchdog.js';
+import { MAX_EVENTS_PER_REQUEST, RequestDelivery } from './request-delivery.js';
 import type { Site } from './sites.js';
 
 const { Producer, CODES } = kafkaJavascript;
@@ -33,13 +34,20 @@ export interface EventProducerOptions {
   topicPartitions: number;
   ackTimeoutMs: number;
   maxInFlightEvents: number;
+  /** `linger.ms` (PRODUCER_LINGER_SEC). */
+  lingerMs: number;
+  /** `batch.size` (PRODUCER_BATCH_BYTES). */
+  batchBytes: number;
 }
-
-/** What a delivery report settles: one event's outcome. */
-type Settle = (outcome: PipelineError | null) => void;
 
 /** The one headers list every record carries (librdkafka copies it per message). */
 const HEADERS: MessageHeader[] = [{ 'content-type': 'application/json' }];
+
+/**
+ * The encoding buffer's size. Every event fits many times over (a validated event is at most
+ * about 9 KB of JSON, at most three bytes per UTF-16 unit); it is never grown.
+ */
+const ENCODE_BUFFER_BYTES = 256 * 1024;
 
 /**
  * Produces validated events and resolves only once the broker has acknowledged every one of
@@ -83,6 +91,20 @@ export class EventProducer {
   /** Assigned ids: unique to this process (random prefix), then a counter. */
   private readonly eventIdPrefix = `${randomBytes(9).toString('base64url')}.`;
   private eventIdSequence = 0;
+  /**
+   * The requests whose events are with a producer (the current one or one retiring), by number.
+   * A message's opaque is `number × MAX_EVENTS_PER_REQUEST + index`: its report finds its request
+   * and event without an object per event. Bounded by the in-flight bound.
+   */
+  private readonly deliveries = new Map<number, RequestDelivery>();
+  private deliverySequence = 0;
+  /**
+   * A request's events are encoded one after another into this buffer and each is produced as a
+   * slice of it (a view, no copy): `produce()` copies the bytes into librdkafka's own message
+   * before it returns (`RK_MSG_COPY`), so the buffer is written over by the next request, and
+   * from its start again when a request's events run past its end.
+   */
+  private readonly encodeBuffer = Buffer.allocUnsafe(ENCODE_BUFFER_BYTES);
 
   constructor(
     private readonly kafka: Kafka,
@@ -111,8 +133,10 @@ export class EventProducer {
       // events land in the same partition whichever Kafka client wrote them, which the exact
       // unique-user counts depend on. librdkafka's own default (CRC32) would place them elsewhere.
       partitioner: 'murmur2_random',
-      // A short linger batches concurrent requests into one produce request.
-      'linger.ms': 2,
+      // A short linger batches concurrent requests into one produce request; chosen by
+      // measurement (docs/CONFIGURATION.md, PRODUCER_LINGER_SEC).
+      'linger.ms': this.options.lingerMs,
+      'batch.size': this.options.batchBytes,
       // librdkafka gives up a message it could not deliver in time. Given up is not the same as
       // not stored: the broker may have written it and lost the acknowledgement (librdkafka's
       // "possibly persisted"). So a timeout is answered as an unknown outcome (see README).
@@ -134,7 +158,7 @@ export class EventProducer {
         }
       }
       if (err !== null && err.code === CODES.ERRORS.ERR__FATAL) this.onFatal(producer, err);
-      (report.opaque as Settle)(err ? classifyDeliveryError(err) : null);
+      this.settle(report.opaque as number, err ? classifyDeliveryError(err) : null);
     });
     producer.on('event.error', (err: LibrdKafkaError) => {
       this.clientLog.error(err.message, { code: err.code });
@@ -285,13 +309,13 @@ export class EventProducer {
   }
 
   /**
-   * Produces `events` of `site` (each is stamped with the site's name and time zone: the events
-   * are changed) and resolves, once every one is acknowledged or given up, with one entry
-   * per event: `null` for acknowledged; otherwise a retryable PipelineError — `broker_timeout`
-   * or `broker_outcome_unknown` (no acknowledgement in time, or a failure after the event may
-   * have been written: the outcome is unknown), `broker_unavailable` or `queue_full` (not
-   * stored). Rejects with `queue_full` or `broker_unavailable`, producing nothing, when
-   * the events cannot be admitted at all.
+   * Produces `events` of `site` (each is stamped with the site's name and time zone, and an
+   * `event_id` when it has none: the events are changed) and resolves, once every one is
+   * acknowledged or given up, with one entry per event: `null` for acknowledged; otherwise a
+   * retryable PipelineError — `broker_timeout` or `broker_outcome_unknown` (no acknowledgement in
+   * time, or a failure after the event may have been written: the outcome is unknown),
+   * `broker_unavailable` or `queue_full` (not stored). Rejects with `queue_full` or
+   * `broker_unavailable`, producing nothing, when the events cannot be admitted at all.
    */
   async produce(
     events: readonly ActivityEvent[],
@@ -308,6 +332,7 @@ export class EventProducer {
         retryable: true,
       });
     }
+    if (events.length === 0) return [];
     if (this.inFlightEvents + events.length > this.options.maxInFlightEvents) {
       throw new PipelineError(
         'queue_full',
@@ -318,46 +343,68 @@ export class EventProducer {
     this.inFlightEvents += events.length;
     this.metrics.producerInFlight.set(this.inFlightEvents);
     const stopTimer = this.metrics.ackDuration.startTimer();
+    const delivery = new RequestDelivery(events.length);
+    const number = this.deliverySequence++;
+    this.deliveries.set(number, delivery);
+    const firstOpaque = number * MAX_EVENTS_PER_REQUEST;
     const keyPrefix = site.name === DEFAULT_SITE ? '' : `${site.name}/`;
+    // One message per event with its own delivery report, so that a batch's answer can say
+    // exactly which events the broker has. librdkafka still batches them on the wire.
+    let offset = 0;
+    for (let index = 0; index < events.length; index++) {
+      const event = events[index] as ActivityEvent;
+      // Set on the validated event itself, not on a copy: no object per event for it.
+      event.site = site.name;
+      event.time_zone = site.timeZone;
+      event.event_id ??= this.nextEventId();
+      const json = encodeEvent(event);
+      // At most three bytes per UTF-16 unit; what was written before is librdkafka's by now.
+      if (offset + json.length * 3 > ENCODE_BUFFER_BYTES) offset = 0;
+      let value: Buffer;
+      if (json.length * 3 <= ENCODE_BUFFER_BYTES) {
+        const end = offset + this.encodeBuffer.write(json, offset);
+        value = this.encodeBuffer.subarray(offset, end);
+        offset = end;
+      } else {
+        value = Buffer.from(json);
+      }
+      try {
+        this.producer.produce(
+          this.options.topic,
+          null,
+          value,
+          keyPrefix === '' ? event.user_id : keyPrefix + event.user_id,
+          receivedAtMs,
+          firstOpaque + index,
+          HEADERS,
+        );
+      } catch (err) {
+        // Refused before it was queued (queue full, not connected): certainly not stored.
+        if ((err as { code?: unknown }).code === CODES.ERRORS.ERR__FATAL) {
+          this.onFatal(this.producer, err);
+        }
+        this.settle(firstOpaque + index, classifyRefusal(err));
+      }
+    }
     try {
-      // One message per event with its own delivery report, so that a batch's answer can say
-      // exactly which events the broker has. librdkafka still batches them on the wire.
-      return await Promise.all(
-        events.map(
-          (event) =>
-            new Promise<PipelineError | null>((settle) => {
-              // Set on the validated event itself, not on a copy: no object per event for it.
-              event.site = site.name;
-              event.time_zone = site.timeZone;
-              const value = Buffer.from(
-                encodeEvent(
-                  event.event_id === undefined ? { ...event, event_id: this.nextEventId() } : event,
-                ),
-              );
-              try {
-                this.producer.produce(
-                  this.options.topic,
-                  null,
-                  value,
-                  keyPrefix === '' ? event.user_id : keyPrefix + event.user_id,
-                  receivedAtMs,
-                  settle,
-                  HEADERS,
-                );
-              } catch (err) {
-                // Refused before it was queued (queue full, not connected): certainly not stored.
-                if ((err as { code?: unknown }).code === CODES.ERRORS.ERR__FATAL) {
-                  this.onFatal(this.producer, err);
-                }
-                settle(classifyRefusal(err));
-              }
-            }),
-        ),
-      );
+      return await delivery.done;
     } finally {
       stopTimer();
       this.inFlightEvents -= events.length;
       this.metrics.producerInFlight.set(this.inFlightEvents);
+    }
+  }
+
+  /** One event's outcome, `opaque` naming its request and index; the request's last settles it. */
+  private settle(opaque: number, outcome: PipelineError | null): void {
+    const number = Math.floor(opaque / MAX_EVENTS_PER_REQUEST);
+    const delivery = this.deliveries.get(number);
+    if (delivery === undefined) {
+      this.logger.error({ opaque }, 'a delivery report for no request in flight');
+      return;
+    }
+    if (delivery.settle(opaque - number * MAX_EVENTS_PER_REQUEST, outcome)) {
+      this.deliveries.delete(number);
     }
   }
 

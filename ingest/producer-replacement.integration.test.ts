@@ -20,6 +20,7 @@ import { createKafka } from '../shared/kafka-client.js';
 import { withDeadline } from '../shared/lifecycle.js';
 import { createLogger } from '../shared/logger.js';
 import { deleteTopics, stackFromEnv, uniqueName, waitFor, withAdmin } from '../shared/testing.js';
+import { readIngestConfig } from './config.js';
 import { EventProducer } from './event-producer.js';
 import { createIngestMetrics } from './metrics.js';
 import type { Site } from './sites.js';
@@ -42,6 +43,8 @@ const { create: librdkafkaError } = createRequire(import.meta.url)(
   '@confluentinc/kafka-javascript/lib/error.js',
 ) as { create: (e: Error) => LibrdKafkaError };
 
+const DEFAULTS = readIngestConfig({});
+
 before(async () => {
   producer = new EventProducer(
     kafka,
@@ -52,6 +55,9 @@ before(async () => {
       topicPartitions: PARTITIONS,
       ackTimeoutMs: ACK_TIMEOUT_MS,
       maxInFlightEvents: 10_000,
+      // The service's defaults: what this test shows holds for the batching ingest ships with.
+      lingerMs: DEFAULTS.producerLingerMs,
+      batchBytes: DEFAULTS.producerBatchBytes,
     },
     createIngestMetrics(registry, { maxInFlightEvents: 10_000, sites: [SITE.name] }),
     logger,

@@ -242,6 +242,8 @@ async function postSingle(
       result.field === undefined ? {} : { field: result.field },
     );
   }
+  // The client's own id is echoed; producing assigns one to an event without.
+  const clientEventId = result.event.event_id;
   const [failure] = await produce([result.event], site, receivedAtMs, deps);
   if (failure instanceof Error) {
     deps.metrics.eventsRejected.inc({ reason: failure.code });
@@ -250,7 +252,7 @@ async function postSingle(
   deps.metrics.eventsAccepted.inc({ site: site.name });
   return json(200, {
     status: 'accepted',
-    ...(result.event.event_id === undefined ? {} : { event_id: result.event.event_id }),
+    ...(clientEventId === undefined ? {} : { event_id: clientEventId }),
   });
 }
 

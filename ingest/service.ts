@@ -41,6 +41,8 @@ export async function startIngest(config: IngestConfig, logger: Logger): Promise
       topicPartitions: config.topicPartitions,
       ackTimeoutMs: config.ackTimeoutMs,
       maxInFlightEvents: config.maxInFlightEvents,
+      lingerMs: config.producerLingerMs,
+      batchBytes: config.producerBatchBytes,
     },
     metrics,
     logger.child({ component: 'producer' }),

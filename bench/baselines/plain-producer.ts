@@ -1,12 +1,13 @@
 /**
  * Baseline of ingest-batch: the broker's ceiling for this client on this machine. A plain
  * librdkafka producer (the same library and settings ingest uses: idempotent, acks=all, lz4,
- * linger 2 ms) pushes pre-generated events in-process, with no HTTP in between, as fast as the
+ * ingest's linger and batch size, read from the same variables with the same defaults) pushes pre-generated events in-process, with no HTTP in between, as fast as the
  * delivery reports come back, for a fixed time. Prints one JSON line: the acknowledged events/s.
  *
  *   KAFKA_BROKERS=... TOPIC=... DURATION_SEC=10 BATCH_SIZE=1000 node plain-producer.js
  */
 import kafkaJavascript from '@confluentinc/kafka-javascript';
+import { readIngestConfig } from '../../ingest/config.js';
 import { ConfigReader } from '../../shared/config-reader.js';
 import { encodeEvent } from '../../shared/event-schema.js';
 import { producedEvents } from '../event-generator.js';
@@ -17,6 +18,15 @@ const topic = r.string('TOPIC', 'bench');
 const durationMs = r.secondsAsMs('DURATION_SEC', 10, { min: 0.1, max: 3600 });
 /** Events kept in flight at most: ingest's MAX_IN_FLIGHT_EVENTS default. */
 const maxInFlight = r.int('MAX_IN_FLIGHT_EVENTS', 50_000, { min: 1, max: 10_000_000 });
+const ingestDefaults = readIngestConfig({});
+const lingerMs = r.secondsAsMs('PRODUCER_LINGER_SEC', ingestDefaults.producerLingerMs / 1000, {
+  min: 0,
+  max: 1,
+});
+const batchBytes = r.int('PRODUCER_BATCH_BYTES', ingestDefaults.producerBatchBytes, {
+  min: 1024,
+  max: 16_777_216,
+});
 r.finish();
 
 // The same events ingest-batch sends: validated, encoded, keyed by user.
@@ -31,7 +41,8 @@ const producer = new kafkaJavascript.Producer({
   'enable.idempotence': true,
   acks: -1,
   'compression.type': 'lz4',
-  'linger.ms': 2,
+  'linger.ms': lingerMs,
+  'batch.size': batchBytes,
   'queue.buffering.max.messages': maxInFlight * 2,
   dr_cb: true,
 });

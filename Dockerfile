@@ -59,9 +59,12 @@ RUN node -e "$NATIVE_CHECK"
 # empty folders, and tsc only needs one include folder to match.
 COPY . .
 
-# Compile to dist/ (tsconfig.json: rootDir ".", outDir "dist"), then remove dev dependencies;
-# prune does not rebuild the native addons compiled above.
+# Compile to dist/ (tsconfig.json: rootDir ".", outDir "dist"), and the dashboard page into
+# dist/query/web as `make build` does, then remove dev dependencies; prune does not rebuild the
+# native addons compiled above.
 RUN node_modules/.bin/tsc -p tsconfig.json \
+ && node_modules/.bin/tsc -p query/web/tsconfig.json \
+ && cp query/web/index.html query/web/dashboard.css dist/query/web/ \
  && npm prune --omit=dev --no-audit --no-fund
 
 # Drop what only the build needed, about 350 MB: librdkafka's source tree and object files,

@@ -32,11 +32,11 @@ const REFRESH_MS = 30_000;
 const STREAM_RETRY_MS = 10_000;
 
 const RANGES: Record<RangeName, { interval: 'hour' | 'day'; label: string }> = {
-  today: { interval: 'hour', label: 'today' },
-  yesterday: { interval: 'hour', label: 'yesterday' },
-  last_24_hours: { interval: 'hour', label: 'the last 24 hours' },
-  last_7_days: { interval: 'day', label: 'the last 7 days' },
-  last_30_days: { interval: 'day', label: 'the last 30 days' },
+  today: { interval: 'hour', label: 'Today' },
+  yesterday: { interval: 'hour', label: 'Yesterday' },
+  last_24_hours: { interval: 'hour', label: 'Last 24 hours' },
+  last_7_days: { interval: 'day', label: 'Last 7 days' },
+  last_30_days: { interval: 'day', label: 'Last 30 days' },
 };
 const METRIC_WORDS: Record<Metric, string> = {
   events: 'events',
@@ -69,8 +69,9 @@ class ErrorArea {
   }
 
   private render(): void {
+    // A refused key fails every part alike: one line says it.
     this.area.replaceChildren(
-      ...[...this.messages.values()].map((text) => {
+      ...[...new Set(this.messages.values())].map((text) => {
         const line = document.createElement('p');
         line.textContent = text;
         return line;
@@ -119,9 +120,10 @@ class Dashboard {
     }, REFRESH_MS);
     // The chart moves on with the clock, also through minutes without events.
     window.setInterval(() => {
-      if (this.live.advanceTo(Date.now())) this.drawLive();
+      if (this.live.newest !== undefined && this.live.advanceTo(Date.now())) this.drawLive();
     }, 1_000);
-    new ResizeObserver(() => this.redraw()).observe(document.body);
+    const resized = new ResizeObserver(() => this.redraw());
+    for (const chart of document.querySelectorAll('figure.chart')) resized.observe(chart);
     void this.reload();
   }
 
@@ -191,8 +193,8 @@ class Dashboard {
         metric === 'unique_users' ? formatEstimate(now, summary.accuracy) : formatCount(now);
       byId('range-totals').textContent =
         then === undefined
-          ? `${shown} ${words} in ${label}.`
-          : `${shown} ${words} in ${label}; ${formatCount(then)} in the period before (${formatChange(now, then)}).`;
+          ? `${label}: ${shown} ${words}.`
+          : `${label}: ${shown} ${words}. The period before: ${formatCount(then)} (${formatChange(now, then)}).`;
 
       const tick = (start: string): string =>
         interval === 'day' ? formatDay(start, this.timeZone) : formatTime(start, this.timeZone);
@@ -228,7 +230,7 @@ class Dashboard {
         .querySelector('tbody')
         ?.replaceChildren(...rows);
 
-      byId('types-range').textContent = `(${label})`;
+      byId('types-range').textContent = `(${label.toLowerCase()})`;
       const typeRows = breakdown.rows.map((entry) => {
         const row = document.createElement('tr');
         row.dataset.type = entry.activity_type;
@@ -269,6 +271,7 @@ class Dashboard {
       realtime = await this.api.realtime();
     } catch (err) {
       if (!this.current(generation)) return;
+      this.live = new LiveWindows(this.live.windowMs, LIVE_WINDOWS);
       this.errors.set('live', err);
       byId('live-figures').textContent = 'Live figures are not available.';
       this.retryStream(generation);

@@ -83,11 +83,13 @@ export function drawBarChart(svg: SVGSVGElement, data: ChartData): void {
     svg.append(rect);
     // Labels counted from the newest bar, so the latest one is always labelled.
     if ((count - 1 - index) % every === 0) {
+      // The newest label ends at its bar's right edge: centred, it would run off the chart.
+      const last = index === count - 1;
       const label = element('text', {
         class: 'axis',
-        x: x + slot / 2,
+        x: last ? x + slot : x + slot / 2,
         y: HEIGHT - 6,
-        'text-anchor': 'middle',
+        'text-anchor': last ? 'end' : 'middle',
       });
       label.textContent = data.tick(bar.start);
       svg.append(label);

@@ -59,9 +59,12 @@ RUN node -e "$NATIVE_CHECK"
 # empty folders, and tsc only needs one include folder to match.
 COPY . .
 
-# Compile to dist/ (tsconfig.json: rootDir ".", outDir "dist"), then remove dev dependencies;
-# prune does not rebuild the native addons compiled above.
+# Compile to dist/ (tsconfig.json: rootDir ".", outDir "dist"), and the dashboard page into
+# dist/query/web as `make build` does, then remove dev dependencies; prune does not rebuild the
+# native addons compiled above.
 RUN node_modules/.bin/tsc -p tsconfig.json \
+ && node_modules/.bin/tsc -p query/web/tsconfig.json \
+ && cp query/web/index.html query/web/dashboard.css dist/query/web/ \
  && npm prune --omit=dev --no-audit --no-fund
 
 # Drop what only the build needed, about 350 MB: librdkafka's source tree and object files,
@@ -126,6 +129,17 @@ EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
   CMD ["node", "-e", "fetch('http://127.0.0.1:'+(process.env.INGEST_PORT||8080)+'/readyz',{signal:AbortSignal.timeout(3000)}).then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"]
 CMD ["node", "dist/ingest/main.js"]
+
+# ---------------------------------------------------------------------------------------------
+# query: the read API, the live stream and the dashboard page, from PostgreSQL.
+# ---------------------------------------------------------------------------------------------
+FROM runtime AS query
+# The page's static files (query/web/) are served from the source tree, beside dist/.
+COPY --from=build /app/query/web ./query/web
+EXPOSE 8082
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
+  CMD ["node", "-e", "fetch('http://127.0.0.1:'+(process.env.QUERY_PORT||8082)+'/readyz',{signal:AbortSignal.timeout(3000)}).then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"]
+CMD ["node", "dist/query/main.js"]
 
 # ---------------------------------------------------------------------------------------------
 # aggregator: consumer + Piscina worker pool writing window totals to PostgreSQL.

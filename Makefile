@@ -24,6 +24,10 @@ install: ## Install apt packages, npm deps and the Kafka broker jars (idempotent
 
 build: install ## Compile TypeScript into dist/, dropping output whose source is gone
 	$(TSC) -p tsconfig.json
+	@# The dashboard page: browser TypeScript (its own tsconfig: lib dom, ES modules) beside
+	@# its HTML and CSS, all in dist/query/web, which the query service serves.
+	$(TSC) -p query/web/tsconfig.json
+	cp query/web/index.html query/web/dashboard.css dist/query/web/
 	@# A deleted source must not leave its compiled test behind (dist/ is not wiped: a
 	@# concurrent test run may be reading it).
 	@cd dist && find . -name '*.js' | while read -r f; do \
@@ -32,6 +36,7 @@ build: install ## Compile TypeScript into dist/, dropping output whose source is
 
 typecheck: install ## Type-check sources and tests without emitting
 	$(TSC) -p tsconfig.json --noEmit
+	$(TSC) -p query/web/tsconfig.json --noEmit
 
 lint: install ## Biome lint and format check
 	$(BIOME) check .

@@ -235,6 +235,10 @@ export async function writeFlush(
         rollups: { events: 0, otherTyped: 0 },
       };
     }
+    // The query service's stream (query/window-stream.ts): delivered only if this commits.
+    await client.query(
+      `SELECT pg_notify('activity_flush', (extract(epoch FROM now()) * 1000000)::bigint::text)`,
+    );
     await client.query('COMMIT');
     return outcome;
   } catch (err) {

@@ -26,6 +26,8 @@ import { readAggregatorConfig } from '../aggregator/config.js';
 import { createAggregatorMetrics } from '../aggregator/metrics.js';
 import { readIngestConfig } from '../ingest/config.js';
 import { createIngestMetrics } from '../ingest/metrics.js';
+import { readQueryConfig } from '../query/config.js';
+import { createQueryMetrics } from '../query/metrics.js';
 import { DEFAULT_SITE } from '../shared/event-schema.js';
 import { StateHolder } from '../shared/lifecycle.js';
 import { createServiceRegistry } from '../shared/service-metrics.js';
@@ -179,7 +181,11 @@ function dockerIgnoreRegExp(pattern: string): RegExp {
   return new RegExp(`^${source}(?:/.*)?$`);
 }
 
-const APP_SERVICES = ['ingest', 'aggregator'] as const;
+const APP_SERVICES = ['ingest', 'aggregator', 'query'] as const;
+/** The services that talk to the broker. */
+const KAFKA_SERVICES = ['ingest', 'aggregator'] as const;
+/** The variable each service's port is read from. */
+const PORT_VARIABLE = { ingest: 'INGEST_PORT', aggregator: 'AGGREGATOR_PORT', query: 'QUERY_PORT' };
 
 /**
  * The series names ingest and the aggregator expose, from their real registries: their own
@@ -191,8 +197,10 @@ async function exposedSeries(): Promise<Set<string>> {
   createIngestMetrics(ingest, { maxInFlightEvents: 1, sites: [DEFAULT_SITE] });
   const aggregator = createServiceRegistry('aggregator', new StateHolder());
   createAggregatorMetrics(aggregator);
+  const query = createServiceRegistry('query', new StateHolder());
+  createQueryMetrics(query);
   const names = new Set<string>();
-  for (const registry of [ingest, aggregator]) {
+  for (const registry of [ingest, aggregator, query]) {
     for (const [, name = '', type] of (await registry.metrics()).matchAll(
       /^# TYPE (\S+) (\S+)$/gm,
     )) {
@@ -219,7 +227,7 @@ describe('docker-compose.yml', () => {
     for (const name of APP_SERVICES) {
       const probe = list(obj(service(name).healthcheck, name).test, name).join(' ');
       assert.match(probe, /\/readyz/, `${name} healthcheck`);
-      assert.ok(probe.includes(name === 'ingest' ? 'INGEST_PORT' : 'AGGREGATOR_PORT'), name);
+      assert.ok(probe.includes(PORT_VARIABLE[name]), name);
     }
   });
 
@@ -240,6 +248,7 @@ describe('docker-compose.yml', () => {
     const expected: Record<string, Record<string, string>> = {
       ingest: { redpanda: 'service_healthy' },
       aggregator: { redpanda: 'service_healthy', postgres: 'service_healthy' },
+      query: { postgres: 'service_healthy' },
       grafana: { prometheus: 'service_healthy', postgres: 'service_healthy' },
       'redpanda-console': { redpanda: 'service_healthy' },
     };
@@ -316,7 +325,11 @@ describe('docker-compose.yml', () => {
   });
 
   test('the services set only variables their config reads, with values it accepts', () => {
-    const readers = { ingest: readIngestConfig, aggregator: readAggregatorConfig };
+    const readers = {
+      ingest: readIngestConfig,
+      aggregator: readAggregatorConfig,
+      query: readQueryConfig,
+    };
     for (const name of APP_SERVICES) {
       const env = environment(name);
       const known = namesRead(readers[name]);
@@ -335,7 +348,7 @@ describe('docker-compose.yml', () => {
     assert.ok(internal, 'an internal listener for the compose network');
     assert.ok(services[String(internal.address)] !== undefined, 'advertised as a service name');
     const broker = `${internal.address}:${internal.port}`;
-    for (const name of APP_SERVICES) assert.equal(environment(name).KAFKA_BROKERS, broker, name);
+    for (const name of KAFKA_SERVICES) assert.equal(environment(name).KAFKA_BROKERS, broker, name);
     assert.equal(environment('redpanda-console').KAFKA_BROKERS, broker);
     // Topic partitions: ingest creates the topic with TOPIC_PARTITIONS; topics the broker
     // auto-creates get default_topic_partitions. Both divide evenly across 1, 2, 3, 6 replicas.
@@ -351,12 +364,23 @@ describe('docker-compose.yml', () => {
     assert.equal(url.username, pgEnv.POSTGRES_USER);
     assert.equal(url.password, pgEnv.POSTGRES_PASSWORD);
     assert.equal(url.pathname, `/${pgEnv.POSTGRES_DB}`);
+    // The query service reads what the aggregator writes.
+    assert.equal(environment('query').DATABASE_URL, environment('aggregator').DATABASE_URL);
+    assert.equal(environment('query').WINDOW_SEC, environment('aggregator').WINDOW_SEC);
+    assert.equal(
+      environment('query').FLUSH_INTERVAL_SEC,
+      environment('aggregator').FLUSH_INTERVAL_SEC,
+    );
 
     // Ingest's published port maps to the port it listens on.
     const ingestPorts = list(service('ingest').ports, 'ingest.ports').map((p) =>
       interpolate(String(p)),
     );
     assert.deepEqual(ingestPorts, [`8080:${environment('ingest').INGEST_PORT}`]);
+    const queryPorts = list(service('query').ports, 'query.ports').map((p) =>
+      interpolate(String(p)),
+    );
+    assert.deepEqual(queryPorts, [`8082:${environment('query').QUERY_PORT}`]);
 
     // Prometheus discovers the services by their compose names, on their configured ports.
     const prom = yamlFile('deploy/prometheus/prometheus.yml');
@@ -369,6 +393,7 @@ describe('docker-compose.yml', () => {
     for (const [job, port] of [
       ['ingest', environment('ingest').INGEST_PORT],
       ['aggregator', environment('aggregator').AGGREGATOR_PORT],
+      ['query', environment('query').QUERY_PORT],
     ] as const) {
       const sd = obj(list(jobs.get(job)?.dns_sd_configs, `${job}.dns_sd_configs`)[0], 'dns_sd');
       assert.deepEqual(list(sd.names, 'names'), [job], `${job}: DNS name is the service name`);
@@ -436,7 +461,9 @@ describe('deploy/grafana/dashboards/pipeline.json', () => {
     const exposed = await exposedSeries();
     const unknown = new Set<string>();
     for (const query of queries) {
-      for (const [name] of query.matchAll(/\b(?:ingest|aggregator|process|nodejs)_[a-z0-9_]+/g)) {
+      for (const [name] of query.matchAll(
+        /\b(?:ingest|aggregator|query|process|nodejs)_[a-z0-9_]+/g,
+      )) {
         if (!exposed.has(name)) unknown.add(name);
       }
     }
@@ -509,7 +536,7 @@ describe('Dockerfile', () => {
       assert.ok(!['root', '0', '0:0'].includes(user), `${name} runs as ${user}`);
       const healthcheck = last('HEALTHCHECK')?.args ?? '';
       assert.match(healthcheck, /CMD \[.*\/readyz/, `${name}: HEALTHCHECK probes /readyz`);
-      const portVariable = name === 'ingest' ? 'INGEST_PORT' : 'AGGREGATOR_PORT';
+      const portVariable = PORT_VARIABLE[name];
       assert.ok(healthcheck.includes(portVariable), `${name}: probes the port it listens on`);
       // Exec form: no shell as PID 1 swallowing SIGTERM.
       assert.equal(last('ENTRYPOINT'), undefined);
@@ -556,7 +583,12 @@ describe('Dockerfile', () => {
         { cwd: context, encoding: 'utf8', timeout: 240_000 },
       );
       assert.equal(tsc.status, 0, `${tsc.stdout}${tsc.stderr}`);
-      for (const entry of ['ingest/main.js', 'aggregator/main.js', 'aggregator/parse-worker.js']) {
+      for (const entry of [
+        'ingest/main.js',
+        'aggregator/main.js',
+        'aggregator/parse-worker.js',
+        'query/main.js',
+      ]) {
         assert.ok(existsSync(join(context, 'dist', entry)), `dist/${entry} (CMD, Piscina worker)`);
       }
       // `npm prune --omit=dev` runs before the runtime stage: every package the compiled code
@@ -604,6 +636,7 @@ describe('Dockerfile', () => {
       'shared',
       'ingest',
       'aggregator',
+      'query',
     ]) {
       assert.ok(!ignored.includes(path), `${path} must reach the build`);
     }

@@ -12,6 +12,7 @@ import { test } from 'node:test';
 import { parse, parseAllDocuments } from 'yaml';
 import { readAggregatorConfig } from '../aggregator/config.js';
 import { readIngestConfig } from '../ingest/config.js';
+import { readQueryConfig } from '../query/config.js';
 import { REPO_ROOT } from './local/stack.js';
 
 type Yaml = Record<string, unknown>;
@@ -33,7 +34,11 @@ const named = (kind: string, name: string): Yaml => {
 const at = (value: unknown, ...path: string[]): unknown =>
   path.reduce<unknown>((node, key) => (node as Yaml | undefined)?.[key], value);
 
-const readers = { ingest: readIngestConfig, aggregator: readAggregatorConfig } as const;
+const readers = {
+  ingest: readIngestConfig,
+  aggregator: readAggregatorConfig,
+  query: readQueryConfig,
+} as const;
 
 /** Names a config reader reads, recorded by running it on a proxy. */
 function namesRead(read: (env: NodeJS.ProcessEnv) => unknown): Set<string> {
@@ -76,6 +81,7 @@ test('kustomization: every resource exists, the images are the Dockerfile target
   assert.deepEqual(kustomization.images.map((i) => i.name).sort(), [
     'activity-pipeline/aggregator',
     'activity-pipeline/ingest',
+    'activity-pipeline/query',
   ]);
   const dockerfile = readFileSync(join(REPO_ROOT, 'Dockerfile'), 'utf8');
   for (const target of Object.keys(readers)) {

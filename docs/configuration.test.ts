@@ -13,6 +13,7 @@ import { readAggregatorConfig } from '../aggregator/config.js';
 import { readBenchConfig } from '../bench/bench-config.js';
 import { REPO_ROOT } from '../deploy/local/stack.js';
 import { readIngestConfig } from '../ingest/config.js';
+import { readQueryConfig } from '../query/config.js';
 import { ConfigReader } from '../shared/config-reader.js';
 import { codeSpans, headings, section, tableRows } from './markdown.js';
 
@@ -91,6 +92,7 @@ const SECTIONS: Record<string, { readers: string[]; names: () => Set<string> }> 
     readers: ['aggregator/config.ts'],
     names: () => readerNames('aggregator/config.ts'),
   },
+  query: { readers: ['query/config.ts'], names: () => readerNames('query/config.ts') },
   'Memory allocator': {
     readers: [],
     names: () => envPropertyNames('deploy/local/child-process.ts'),
@@ -183,6 +185,7 @@ describe('docs/CONFIGURATION.md', () => {
     const runs: Array<[string, Set<string>]> = [
       ['ingest/config.ts', namesRead(readIngestConfig)],
       ['aggregator/config.ts', namesRead(readAggregatorConfig)],
+      ['query/config.ts', namesRead(readQueryConfig)],
       ['bench/bench-config.ts', namesRead((env) => readBenchConfig(env, [], 'results'))],
     ];
     for (const [path, read] of runs) {

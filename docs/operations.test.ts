@@ -40,8 +40,8 @@ function alertSections(): string[] {
 
 /** Metric names the services register: literal `name:`s of their metrics files, and the state. */
 function registeredMetrics(): Set<string> {
-  const names = new Set(['ingest_state', 'aggregator_state']);
-  for (const path of ['ingest/metrics.ts', 'aggregator/metrics.ts']) {
+  const names = new Set(['ingest_state', 'aggregator_state', 'query_state']);
+  for (const path of ['ingest/metrics.ts', 'aggregator/metrics.ts', 'query/metrics.ts']) {
     for (const match of source(path).matchAll(/\bname:\s*'([a-z][a-z0-9_]*)'/g)) {
       names.add(match[1] ?? '');
     }

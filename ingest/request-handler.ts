@@ -4,6 +4,7 @@ import { hasCode } from '../shared/errors.js';
 import { type ActivityEvent, type EventValidation, validateEvent } from '../shared/event-schema.js';
 import type { StateHolder } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
+import type { RateLimiter } from '../shared/rate-limiter.js';
 import { ApiKeys } from './api-keys.js';
 import { parseBatch } from './batch-parser.js';
 import { type ClientAddressResolver, clientKey } from './client-address.js';
@@ -18,7 +19,6 @@ import {
 } from './http-server.js';
 import type { Slots } from './load-bounds.js';
 import type { IngestMetrics } from './metrics.js';
-import type { RateLimiter } from './rate-limiter.js';
 import { checkMediaType, decodeBody } from './request-body.js';
 import type { Site } from './sites.js';
 

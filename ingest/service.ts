@@ -1,6 +1,7 @@
 import { createKafka } from '../shared/kafka-client.js';
 import { type Service, StateHolder, sleep, withDeadline } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
+import { RateLimiter } from '../shared/rate-limiter.js';
 import { createServiceRegistry } from '../shared/service-metrics.js';
 import { ApiKeys } from './api-keys.js';
 import { ClientAddressResolver } from './client-address.js';
@@ -11,7 +12,6 @@ import { HttpServer } from './http-server.js';
 import { Slots } from './load-bounds.js';
 import { createIngestMetrics, routeLabel } from './metrics.js';
 import { ProducerWatchdog } from './producer-watchdog.js';
-import { RateLimiter } from './rate-limiter.js';
 import { createRequestHandler } from './request-handler.js';
 
 export interface IngestService extends Service {

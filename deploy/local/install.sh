@@ -2,8 +2,9 @@
 # Installs everything the local stack and the tests need, and only what is missing:
 #   1. Debian packages: the toolchain and -dev libraries librdkafka is built against,
 #      PostgreSQL 15 server binaries with the `hll` extension (unique-user sketches), a Java
-#      runtime and Maven for the Kafka broker, and `prometheus` for the promtool checks in the
-#      tests.
+#      runtime and Maven for the Kafka broker, `prometheus` for the promtool checks in the
+#      tests, and `chromium` for the dashboard's browser test (driven by playwright-core, which
+#      downloads no browser of its own).
 #   2. npm dependencies from package-lock.json (npm ci), building
 #      @confluentinc/kafka-javascript from source against the system libraries.
 #   3. The Apache Kafka broker's jars, resolved from Maven Central by deploy/kafka/pom.xml.
@@ -21,7 +22,7 @@ die() { printf '\033[31m[install] error:\033[0m %s\n' "$*" >&2; exit 1; }
 # --- 1. Debian packages -------------------------------------------------------
 apt_packages=(build-essential pkg-config libssl-dev libsasl2-dev libzstd-dev liblz4-dev
   zlib1g-dev libcurl4-openssl-dev libjemalloc2 postgresql-15 postgresql-15-hll default-jre-headless
-  maven prometheus)
+  maven prometheus chromium)
 # `make bench` only: kcat, the raw-consume baseline.
 if [[ ${INSTALL_BENCH_TOOLS:-} == 1 ]]; then apt_packages+=(kcat); fi
 missing=()

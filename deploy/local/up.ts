@@ -1,6 +1,6 @@
 /**
  * `make up`: the whole pipeline on one machine. Starts a Kafka broker and Postgres (data kept in
- * .local/dev), then the ingest and aggregator services, streams their logs in readable form and
+ * .local/dev), then the ingest, aggregator and query services, streams their logs in readable form and
  * stops everything, in order, on Ctrl-C.
  */
 import type { ChildProcess } from 'node:child_process';
@@ -39,6 +39,7 @@ const say = (line: string): void => {
 interface UpConfig {
   ingestPort: number;
   aggregatorPort: number;
+  queryPort: number;
   /** How long a service may take to stop after SIGTERM before it is killed. */
   serviceGraceMs: number;
 }
@@ -48,14 +49,16 @@ function readUpConfig(env: NodeJS.ProcessEnv): UpConfig {
   const config = {
     ingestPort: reader.port('INGEST_PORT', 8080),
     aggregatorPort: reader.port('AGGREGATOR_PORT', 8081),
+    queryPort: reader.port('QUERY_PORT', 8082),
     // The services' own shutdown deadline (same variable, same default as their config.ts).
     serviceGraceMs: Math.max(
       MIN_SERVICE_GRACE_MS,
       reader.secondsAsMs('SHUTDOWN_GRACE_SEC', 25, { min: 1, max: 600 }) + SERVICE_GRACE_MARGIN_MS,
     ),
   };
-  if (config.ingestPort === config.aggregatorPort) {
-    reader.problem(`INGEST_PORT and AGGREGATOR_PORT are both ${config.ingestPort}`);
+  const ports = [config.ingestPort, config.aggregatorPort, config.queryPort];
+  if (new Set(ports).size !== ports.length) {
+    reader.problem(`INGEST_PORT, AGGREGATOR_PORT and QUERY_PORT must differ: ${ports.join(', ')}`);
   }
   reader.finish();
   return config;
@@ -179,6 +182,7 @@ function releaseLock(): void {
 function banner(stack: LocalStack, config: UpConfig): string {
   const ingest = `http://localhost:${config.ingestPort}`;
   const aggregator = `http://localhost:${config.aggregatorPort}`;
+  const query = `http://localhost:${config.queryPort}`;
   const psql = `psql ${stack.databaseUrl}`;
   const logs = relative(process.cwd(), stack.logDir) || stack.logDir;
   const kafka = stack.kafkaVersion === undefined ? '' : ` (Kafka ${stack.kafkaVersion})`;
@@ -189,12 +193,14 @@ function banner(stack: LocalStack, config: UpConfig): string {
     `  ingest              ${ingest}  (POST /activity)`,
     `  ingest metrics      ${ingest}/metrics`,
     `  aggregator metrics  ${aggregator}/metrics`,
+    `  dashboard, query    ${query}/  (GET /v1/summary?range=today, docs/QUERY-API.md)`,
     `  kafka               ${stack.kafkaBrokers}${kafka}`,
     `  postgres            ${psql}`,
     `  broker/db logs      ${logs}/kafka.log, ${logs}/postgres.log`,
     'Send an event:',
     `  curl -XPOST localhost:${config.ingestPort}/activity -H 'content-type: application/json' -d '{"user_id":"u1","activity_type":"page_view"}'`,
-    'See the totals:',
+    'See the totals (after the window closes, about 70 s):',
+    `  curl '${query}/v1/summary?range=today'`,
     `  ${psql} -c 'SELECT * FROM user_activity_window_totals ORDER BY window_start DESC LIMIT 5;'`,
     'Ctrl-C to stop.',
     rule,
@@ -216,6 +222,7 @@ async function main(): Promise<void> {
   const services = [
     new ServiceProcess('ingest', config.ingestPort, 'dist/ingest/main.js'),
     new ServiceProcess('aggregator', config.aggregatorPort, 'dist/aggregator/main.js'),
+    new ServiceProcess('query', config.queryPort, 'dist/query/main.js'),
   ];
   let stopping: Promise<never> | undefined;
   let forced = false;
@@ -274,7 +281,7 @@ async function main(): Promise<void> {
   }
   for (const service of services) {
     if (!(await isPortFree(service.port))) {
-      const envName = service.name === 'ingest' ? 'INGEST_PORT' : 'AGGREGATOR_PORT';
+      const envName = `${service.name.toUpperCase()}_PORT`;
       say(
         `[up] port ${service.port} (${envName}, for ${service.name}) is taken by another program. ` +
           `Stop that program, or choose another port: ${envName}=${service.port + 1000} make up`,
@@ -301,6 +308,7 @@ async function main(): Promise<void> {
     DATABASE_URL: stack.databaseUrl,
     INGEST_PORT: String(config.ingestPort),
     AGGREGATOR_PORT: String(config.aggregatorPort),
+    QUERY_PORT: String(config.queryPort),
   };
   const onServiceExit = (service: ServiceProcess, how: string): void => {
     if (stopping !== undefined) return;

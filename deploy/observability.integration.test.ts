@@ -36,6 +36,8 @@ import {
 import { createTestResources, type TestResources } from '../e2e/test-resources.js';
 import { readIngestConfig } from '../ingest/config.js';
 import { startIngest } from '../ingest/service.js';
+import { readQueryConfig } from '../query/config.js';
+import { startQuery } from '../query/service.js';
 import { DEFAULT_SITE } from '../shared/event-schema.js';
 import { sleep, withDeadline } from '../shared/lifecycle.js';
 import { createLogger } from '../shared/logger.js';
@@ -274,6 +276,7 @@ function promtool(...args: string[]): { status: number | null; output: string } 
  */
 function derivePrometheusConfig(ports: {
   ingest: number;
+  query: number;
   aggregatorTargetsFile: string;
   prometheus: number;
 }): Json {
@@ -293,6 +296,8 @@ function derivePrometheusConfig(ports: {
       switch (job.job_name) {
         case 'ingest':
           return { ...kept, static_configs: [{ targets: [`127.0.0.1:${ports.ingest}`] }] };
+        case 'query':
+          return { ...kept, static_configs: [{ targets: [`127.0.0.1:${ports.query}`] }] };
         case 'aggregator':
           return {
             ...kept,
@@ -376,6 +381,13 @@ before(async () => {
     aggregatorPorts.push(port);
   }
 
+  const queryPort = await freeTcpPort();
+  const query = await startQuery(
+    readQueryConfig({ ...env, QUERY_PORT: String(queryPort) }),
+    logger.child({ service: 'query' }),
+  );
+  resources.defer('closing query', () => query.close());
+
   workDir = mkdtempSync(join(tmpdir(), 'activity-prometheus-'));
   const aggregatorTargetsFile = join(workDir, 'aggregator-targets.json');
   writeFileSync(
@@ -389,6 +401,7 @@ before(async () => {
     stringify(
       derivePrometheusConfig({
         ingest: ingestPort,
+        query: queryPort,
         aggregatorTargetsFile,
         prometheus: prometheusPort,
       }),
@@ -474,7 +487,7 @@ test('the derived config keeps every shipped job but redpanda, and promtool acce
   assert.equal(checked.status, 0, checked.output);
 });
 
-test('Prometheus scrapes every target: ingest, each aggregator replica and itself, all up', async () => {
+test('Prometheus scrapes every target: ingest, each aggregator replica, query and itself, all up', async () => {
   let seen = '';
   const targets = await waitFor(
     async () => {
@@ -492,6 +505,7 @@ test('Prometheus scrapes every target: ingest, each aggregator replica and itsel
       return allUp &&
         perJob('ingest').length === 1 &&
         perJob('aggregator').length === AGGREGATOR_REPLICAS &&
+        perJob('query').length === 1 &&
         perJob('prometheus').length === 1
         ? active
         : undefined;

@@ -27,6 +27,7 @@ import {
   waitForOracle,
   windowStartOf,
 } from '../e2e/activity-oracle.js';
+import { EventStreamReader } from '../e2e/query-fixture.js';
 import {
   type Figure,
   figureDifferences,
@@ -122,6 +123,7 @@ interface ShippedExpression {
 
 let resources: TestResources;
 let ingestPort: number;
+let queryPort = 0;
 let prometheusUrl = '';
 let prometheus: ChildProcess | undefined;
 let prometheusLog = '';
@@ -342,6 +344,10 @@ function startTraffic(intervalMs: number): () => Promise<void> {
         });
         assert.equal(refused.status, 415);
       }
+      // A dashboard reading the query service meanwhile, for its panels.
+      const read = await fetch(`http://127.0.0.1:${queryPort}/v1/realtime`);
+      assert.equal(read.status, 200);
+      await read.arrayBuffer();
       round++;
       await sleep(intervalMs);
     }
@@ -381,12 +387,15 @@ before(async () => {
     aggregatorPorts.push(port);
   }
 
-  const queryPort = await freeTcpPort();
+  queryPort = await freeTcpPort();
   const query = await startQuery(
     readQueryConfig({ ...env, QUERY_PORT: String(queryPort) }),
     logger.child({ service: 'query' }),
   );
   resources.defer('closing query', () => query.close());
+  // A live dashboard: one stream open throughout, for the stream panel.
+  const stream = await EventStreamReader.open(`http://127.0.0.1:${queryPort}`, {});
+  resources.defer('closing the stream', async () => stream.close());
 
   workDir = mkdtempSync(join(tmpdir(), 'activity-prometheus-'));
   const aggregatorTargetsFile = join(workDir, 'aggregator-targets.json');
@@ -512,7 +521,7 @@ test('Prometheus scrapes every target: ingest, each aggregator replica, query an
     },
     { timeoutMs: 30_000, what: 'every target up', describe: () => seen },
   );
-  assert.equal(targets.length, 2 + AGGREGATOR_REPLICAS);
+  assert.equal(targets.length, 3 + AGGREGATOR_REPLICAS);
   // The `up` series agree, and the dashboard's "Aggregators up" figure counts both replicas.
   const up = await promApi('/api/v1/query', { query: 'sum(up{job="aggregator"})' });
   assert.equal(up.data?.result[0]?.value?.[1], String(AGGREGATOR_REPLICAS));

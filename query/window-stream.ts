@@ -124,15 +124,15 @@ export class WindowStream {
           site,
         }),
       );
+      // The missed windows first, then what flushes sent meanwhile (newer or the same).
+      const held = client.held ?? [];
+      client.held = undefined;
       for (const row of rows) this.send(client, event(row));
+      for (const text of held) this.send(client, text);
     } catch (err) {
       this.options.logger.warn({ err, site }, 'stream resume read failed; the client reconnects');
       client.sink.end();
-      return;
     }
-    const held = client.held ?? [];
-    client.held = undefined;
-    for (const text of held) this.send(client, text);
   }
 
   async close(): Promise<void> {

@@ -27,6 +27,7 @@ import {
   waitForOracle,
   windowStartOf,
 } from '../e2e/activity-oracle.js';
+import { EventStreamReader } from '../e2e/query-fixture.js';
 import {
   type Figure,
   figureDifferences,
@@ -36,6 +37,8 @@ import {
 import { createTestResources, type TestResources } from '../e2e/test-resources.js';
 import { readIngestConfig } from '../ingest/config.js';
 import { startIngest } from '../ingest/service.js';
+import { readQueryConfig } from '../query/config.js';
+import { startQuery } from '../query/service.js';
 import { DEFAULT_SITE } from '../shared/event-schema.js';
 import { sleep, withDeadline } from '../shared/lifecycle.js';
 import { createLogger } from '../shared/logger.js';
@@ -120,6 +123,7 @@ interface ShippedExpression {
 
 let resources: TestResources;
 let ingestPort: number;
+let queryPort = 0;
 let prometheusUrl = '';
 let prometheus: ChildProcess | undefined;
 let prometheusLog = '';
@@ -274,6 +278,7 @@ function promtool(...args: string[]): { status: number | null; output: string } 
  */
 function derivePrometheusConfig(ports: {
   ingest: number;
+  query: number;
   aggregatorTargetsFile: string;
   prometheus: number;
 }): Json {
@@ -293,6 +298,8 @@ function derivePrometheusConfig(ports: {
       switch (job.job_name) {
         case 'ingest':
           return { ...kept, static_configs: [{ targets: [`127.0.0.1:${ports.ingest}`] }] };
+        case 'query':
+          return { ...kept, static_configs: [{ targets: [`127.0.0.1:${ports.query}`] }] };
         case 'aggregator':
           return {
             ...kept,
@@ -337,6 +344,10 @@ function startTraffic(intervalMs: number): () => Promise<void> {
         });
         assert.equal(refused.status, 415);
       }
+      // A dashboard reading the query service meanwhile, for its panels.
+      const read = await fetch(`http://127.0.0.1:${queryPort}/v1/realtime`);
+      assert.equal(read.status, 200);
+      await read.arrayBuffer();
       round++;
       await sleep(intervalMs);
     }
@@ -376,6 +387,16 @@ before(async () => {
     aggregatorPorts.push(port);
   }
 
+  queryPort = await freeTcpPort();
+  const query = await startQuery(
+    readQueryConfig({ ...env, QUERY_PORT: String(queryPort) }),
+    logger.child({ service: 'query' }),
+  );
+  resources.defer('closing query', () => query.close());
+  // A live dashboard: one stream open throughout, for the stream panel.
+  const stream = await EventStreamReader.open(`http://127.0.0.1:${queryPort}`, {});
+  resources.defer('closing the stream', async () => stream.close());
+
   workDir = mkdtempSync(join(tmpdir(), 'activity-prometheus-'));
   const aggregatorTargetsFile = join(workDir, 'aggregator-targets.json');
   writeFileSync(
@@ -389,6 +410,7 @@ before(async () => {
     stringify(
       derivePrometheusConfig({
         ingest: ingestPort,
+        query: queryPort,
         aggregatorTargetsFile,
         prometheus: prometheusPort,
       }),
@@ -474,7 +496,7 @@ test('the derived config keeps every shipped job but redpanda, and promtool acce
   assert.equal(checked.status, 0, checked.output);
 });
 
-test('Prometheus scrapes every target: ingest, each aggregator replica and itself, all up', async () => {
+test('Prometheus scrapes every target: ingest, each aggregator replica, query and itself, all up', async () => {
   let seen = '';
   const targets = await waitFor(
     async () => {
@@ -492,13 +514,14 @@ test('Prometheus scrapes every target: ingest, each aggregator replica and itsel
       return allUp &&
         perJob('ingest').length === 1 &&
         perJob('aggregator').length === AGGREGATOR_REPLICAS &&
+        perJob('query').length === 1 &&
         perJob('prometheus').length === 1
         ? active
         : undefined;
     },
     { timeoutMs: 30_000, what: 'every target up', describe: () => seen },
   );
-  assert.equal(targets.length, 2 + AGGREGATOR_REPLICAS);
+  assert.equal(targets.length, 3 + AGGREGATOR_REPLICAS);
   // The `up` series agree, and the dashboard's "Aggregators up" figure counts both replicas.
   const up = await promApi('/api/v1/query', { query: 'sum(up{job="aggregator"})' });
   assert.equal(up.data?.result[0]?.value?.[1], String(AGGREGATOR_REPLICAS));

@@ -138,12 +138,21 @@ export function createQueryHandler(options: QueryHandlerOptions): QueryHttpHandl
     const allowed = PARAMETERS[request.path];
     if (allowed === undefined) throw new QueryError('not_found', 'no such endpoint');
     const params = new URLSearchParams(request.query);
-    // Gates in order: key, rate limit, parameters.
-    const site = siteOf(request, params);
-    const client = options.keys.enabled
+    // Gates in order: key, rate limit, parameters. A request without a valid key is limited
+    // by its address, so guessing keys is as slow as anything else.
+    let site = '';
+    let refused: unknown;
+    try {
+      site = siteOf(request, params);
+    } catch (err) {
+      refused = err;
+    }
+    const keyed = options.keys.enabled && refused === undefined;
+    const client = keyed
       ? `key:${ReadKeys.presented(request.headers, params.get('key') ?? undefined)}`
       : `address:${request.remoteAddress}`;
     const waitSec = options.rateLimiter.take(client, 1, nowMs);
+    if (refused !== undefined) throw refused;
     if (waitSec > 0) {
       throw new QueryError(
         'rate_limited',

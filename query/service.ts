@@ -93,6 +93,8 @@ export async function startQuery(config: QueryConfig, logger: Logger): Promise<Q
     }
   };
   let prober: NodeJS.Timeout | undefined;
+  // Without PostgreSQL the service still starts, alive and not ready, and answers 503 until it
+  // can read: a supervisor need not restart it for a database outage.
   try {
     await probe();
     await stream.start();

@@ -82,7 +82,13 @@ export class WindowStream {
 
   /** Connects the LISTEN connection (and keeps reconnecting it) and starts the heartbeat. */
   async start(): Promise<void> {
-    await this.connect();
+    try {
+      await this.connect();
+    } catch (err) {
+      // Not ready meanwhile (`listening` is false); the API answers 503 until PostgreSQL does.
+      this.options.logger.warn({ err }, 'cannot LISTEN yet; retrying');
+      void this.reconnect();
+    }
     this.heartbeat = setInterval(() => this.broadcastAll(': heartbeat\n\n'), HEARTBEAT_MS);
     this.heartbeat.unref();
   }
@@ -118,15 +124,15 @@ export class WindowStream {
           site,
         }),
       );
+      // The missed windows first, then what flushes sent meanwhile (newer or the same).
+      const held = client.held ?? [];
+      client.held = undefined;
       for (const row of rows) this.send(client, event(row));
+      for (const text of held) this.send(client, text);
     } catch (err) {
       this.options.logger.warn({ err, site }, 'stream resume read failed; the client reconnects');
       client.sink.end();
-      return;
     }
-    const held = client.held ?? [];
-    client.held = undefined;
-    for (const text of held) this.send(client, text);
   }
 
   async close(): Promise<void> {
@@ -164,15 +170,22 @@ export class WindowStream {
       const payload = message.payload ?? '';
       this.notified(CURSOR.test(payload) ? BigInt(payload) : undefined);
     });
-    client.on('error', (err) => {
-      if (this.listener !== client) return;
+    const lost = (err?: Error): void => {
+      if (this.listener !== client || this.closed) return;
       this.options.logger.warn({ err }, 'LISTEN connection lost; reconnecting');
       this.listener = undefined;
       client.end().catch(() => {});
       void this.reconnect();
-    });
-    await client.connect();
-    await client.query(`LISTEN ${FLUSH_CHANNEL}`);
+    };
+    client.on('error', lost);
+    client.on('end', () => lost());
+    try {
+      await client.connect();
+      await client.query(`LISTEN ${FLUSH_CHANNEL}`);
+    } catch (err) {
+      client.end().catch(() => {});
+      throw err;
+    }
     this.listener = client;
     // Flushes committed while no connection listened: read from the newest cursor seen.
     if (this.connectedOnce && this.newestCursor !== undefined) {

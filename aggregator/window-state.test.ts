@@ -70,6 +70,7 @@ function advance(state: PartitionWindows, offset: number): void {
       late: [],
       skipped: 0,
       duplicates: 0,
+      rejected: [],
     },
     offset,
   );

@@ -225,7 +225,12 @@ export class ActivityConsumer implements WatchedConsumer {
             return;
           }
           this.rebalancing++;
-          const run = this.rebalances.then(() => this.onRebalance(consumer, code, assignment));
+          const run = this.rebalances.then(() =>
+            // Replaced while earlier rebalances ran: as above.
+            generation === this.generation
+              ? this.onRebalance(consumer, code, assignment)
+              : applyAssignment(consumer, code, assignment),
+          );
           this.rebalances = run
             .catch((err: unknown) => this.logger.error({ err }, 'rebalance callback failed'))
             .finally(() => {

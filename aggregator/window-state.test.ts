@@ -229,7 +229,13 @@ describe('PartitionWindows: finality and closing', () => {
     );
     const part = written.closedWindowEvents[0]?.parts[0];
     assert.deepEqual(
-      unpackStrings(part?.eventIds ?? { bytes: new Uint8Array(), ends: new Uint32Array() }),
+      unpackStrings(
+        part?.eventIds ?? {
+          bytes: new Uint8Array(),
+          ends: new Uint32Array(),
+          hashes: new Uint32Array(),
+        },
+      ),
       ['late-1'],
     );
     assert.equal(state.heldEventIds, 1, 'handed to the flush');

@@ -94,6 +94,8 @@ interface Feed {
   lastPacked: number;
   /** Until the first record: the partition is read from its beginning (no position to check). */
   fromBeginning: boolean;
+  /** The partition had no position in PostgreSQL: read from its beginning, wherever that is. */
+  readFromBeginning: boolean;
   /** The partition's batch at a worker, if any: one at a time, so records apply in order. */
   inHand: Promise<void> | undefined;
   /** A failed batch is read again from here on, not before. */
@@ -472,7 +474,7 @@ export class ActivityConsumer implements WatchedConsumer {
   private seekToFeed(partition: number, feed: Feed): void {
     this.resetAt.set(partition, ++this.resetSequence);
     const offset =
-      feed.fromBeginning && feed.lastPacked < 0 ? OFFSET_BEGINNING : feed.lastPacked + 1;
+      feed.readFromBeginning && feed.lastPacked < 0 ? OFFSET_BEGINNING : feed.lastPacked + 1;
     if (offset >= 0) this.positions.set(partition, offset);
     try {
       this.consumer.seek({ topic: this.options.topic, partition, offset }, 0, () => {});
@@ -822,6 +824,7 @@ export class ActivityConsumer implements WatchedConsumer {
           waitingSince: 0,
           lastPacked: this.aggregation.appliedThrough(tp.partition) ?? -1,
           fromBeginning: checkpoint.replayFrom === null,
+          readFromBeginning: checkpoint.replayFrom === null,
           inHand: undefined,
           retryAtMs: 0,
         });
@@ -841,7 +844,14 @@ export class ActivityConsumer implements WatchedConsumer {
     if (code === REVOKE_PARTITIONS) {
       this.metrics.rebalances.inc({ type: 'revoke' });
       const partitions = assignment.map((tp) => tp.partition);
-      // Batches of these partitions still in a worker finish first; their flush follows.
+      // What waits for a worker goes unapplied (the next owner reads it again); batches of these
+      // partitions still in a worker finish first, and their flush follows.
+      for (const partition of partitions) {
+        const feed = this.feeds.get(partition);
+        if (feed?.packer === undefined) continue;
+        this.waitingBytes -= feed.packer.bytes;
+        feed.packer = undefined;
+      }
       await Promise.allSettled(this.batchesInHand);
       await this.flush(partitions).catch((flushErr: unknown) =>
         // Not lost: the next owner rebuilds from PostgreSQL and the topic.

@@ -3,7 +3,7 @@ import type { Kafka } from '../shared/kafka-client.js';
 import { sleep, withDeadline } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
 import type { Aggregation } from './aggregation.js';
-import { RecordPacker } from './batch-aggregator.js';
+import type { RecordPacker } from './batch-aggregator.js';
 import { ConsumerWatchdog, type Excuses, type WatchedConsumer } from './consumer-watchdog.js';
 import type { Database } from './database.js';
 import type { AggregatorMetrics } from './metrics.js';
@@ -18,12 +18,11 @@ import {
   REVOKE_PARTITIONS,
 } from './native-consumer.js';
 import type { PartitionEnd, Position } from './partition-backlog.js';
+import { type Feed, OFFSET_BEGINNING, PartitionFeeds } from './partition-feeds.js';
 import { claimPartition } from './partition-recovery.js';
 
 type Consumer = RdConsumer;
 
-/** librdkafka's logical offset for "the beginning of the partition". */
-const OFFSET_BEGINNING = -2;
 /**
  * Bytes of consumed records packed and waiting for their partition's turn at a worker, at most:
  * past it the loop stops calling `consume` until a batch is done (librdkafka's own prefetch is
@@ -84,24 +83,6 @@ export interface ActivityConsumerOptions {
   stallTimeoutMs: number;
 }
 
-/** A partition's records on their way from `consume` to a worker. */
-interface Feed {
-  /** Records consumed and packed, waiting for the partition's turn at a worker. */
-  packer: RecordPacker | undefined;
-  /** When `packer` was started (a sequence): the longest waiting goes first. */
-  waitingSince: number;
-  /** The last offset packed (or applied): records up to it that come again are dropped. */
-  lastPacked: number;
-  /** Until the first record: the partition is read from its beginning (no position to check). */
-  fromBeginning: boolean;
-  /** The partition had no position in PostgreSQL: read from its beginning, wherever that is. */
-  readFromBeginning: boolean;
-  /** The partition's batch at a worker, if any: one at a time, so records apply in order. */
-  inHand: Promise<void> | undefined;
-  /** A failed batch is read again from here on, not before. */
-  retryAtMs: number;
-}
-
 /**
  * Consumes the activity topic in a consumer group (cooperative-sticky assignment) and feeds the
  * aggregation, on the client's native API (`native-consumer.ts`): a loop calls `consume(n)`,
@@ -148,17 +129,7 @@ export class ActivityConsumer implements WatchedConsumer {
   /** Replaced consumers that did not manage to leave the group, while they keep trying. */
   private readonly leftBehind = new Set<Consumer>();
   /** Each assigned partition's records between `consume` and a worker. */
-  private readonly feeds = new Map<number, Feed>();
-  /** Bytes packed in feeds and not yet handed to a worker (bounded by MAX_WAITING_BYTES). */
-  private waitingBytes = 0;
-  private waitingSequence = 0;
-  /**
-   * Bumped whenever a partition's reading position is set anew (assignment, revocation, a seek
-   * back after a failed batch); `resetAt` holds, per partition, the value of its latest. Records
-   * from a `consume` call that started before that are dropped: they belong to the old position.
-   */
-  private resetSequence = 0;
-  private readonly resetAt = new Map<number, number>();
+  private readonly feeds = new PartitionFeeds();
   /** Rebalance callbacks run one after another, in the order librdkafka gave them. */
   private rebalances: Promise<void> = Promise.resolve();
   /** The current consumer's loop, and the `consume` call it waits for. */
@@ -295,7 +266,7 @@ export class ActivityConsumer implements WatchedConsumer {
     while (current()) {
       await this.roomToConsume(current);
       if (!current()) break;
-      const resetBefore = this.resetSequence;
+      const resetBefore = this.feeds.sequence;
       let messages: Message[];
       const call = consumeBatch(consumer, CONSUME_MAX_MESSAGES);
       this.consuming = call;
@@ -324,62 +295,24 @@ export class ActivityConsumer implements WatchedConsumer {
 
   /** Waits while the records packed and waiting for a worker pass MAX_WAITING_BYTES. */
   private async roomToConsume(current: () => boolean): Promise<void> {
-    while (this.waitingBytes >= MAX_WAITING_BYTES && current()) {
+    while (this.feeds.waitingBytes >= MAX_WAITING_BYTES && current()) {
       this.dispatch();
       if (this.batchesInHand.size > 0) await Promise.race(this.batchesInHand);
       else await sleep(50);
     }
   }
 
-  /** Packs each record into its partition's feed: the main thread's only per-record work. */
+  /** Packs each record into its partition's feed (`PartitionFeeds.take`). */
   private take(messages: readonly Message[], resetBefore: number): void {
-    let redelivered = 0;
-    let feed: Feed | undefined;
-    let partition = -1;
-    let stale: Set<number> | undefined;
-    for (const message of messages) {
-      if (message.partition !== partition || feed === undefined) {
-        partition = message.partition;
-        feed = this.feeds.get(partition);
-        // Fetched from a position since set anew (the call was under way when the partition was
-        // assigned, or rewound): dropped, and read again from where the feed stands, so that
-        // nothing between is skipped.
-        if (feed !== undefined && (this.resetAt.get(partition) ?? -1) > resetBefore) {
-          stale ??= new Set();
-          stale.add(partition);
-          feed = undefined;
-        }
-      }
-      // Not assigned (any more): not ours.
-      if (feed === undefined) continue;
-      const offset = message.offset;
-      if (offset <= feed.lastPacked) {
-        redelivered++;
-        continue;
-      }
-      if (offset > feed.lastPacked + 2 && !feed.fromBeginning) {
-        this.noteSkipped(partition, feed.lastPacked + 1, offset);
-      }
-      feed.fromBeginning = false;
-      if (feed.packer === undefined) {
-        feed.packer = new RecordPacker();
-        feed.waitingSince = ++this.waitingSequence;
-      }
-      const before = feed.packer.bytes;
-      const key = message.key;
-      feed.packer.push(
-        offset,
-        message.timestamp,
-        key === undefined || key === null ? null : typeof key === 'string' ? Buffer.from(key) : key,
-        message.value,
-      );
-      this.waitingBytes += feed.packer.bytes - before;
-      feed.lastPacked = offset;
-    }
-    if (redelivered > 0) this.metrics.redelivered.inc(redelivered);
-    for (const [partition, feed] of this.feeds) {
-      if (stale?.has(partition)) this.seekToFeed(partition, feed);
-      else if (feed.packer !== undefined) this.positions.set(partition, feed.lastPacked + 1);
+    const taken = this.feeds.take(messages, resetBefore, (partition, expected, offset) =>
+      this.noteSkipped(partition, expected, offset),
+    );
+    if (taken.redelivered > 0) this.metrics.redelivered.inc(taken.redelivered);
+    // Dropped as fetched before their position was set anew: read again from the feed's end.
+    for (const partition of taken.stale) this.seek(partition);
+    for (const partition of this.feeds.partitions) {
+      const feed = this.feeds.get(partition);
+      if (feed?.packer !== undefined) this.positions.set(partition, feed.lastPacked + 1);
     }
   }
 
@@ -391,19 +324,9 @@ export class ActivityConsumer implements WatchedConsumer {
     const limit = Math.max(1, this.options.concurrency);
     const nowMs = Date.now();
     while (this.batchesInHand.size < limit) {
-      let next: [number, Feed] | undefined;
-      for (const entry of this.feeds) {
-        const feed = entry[1];
-        if (feed.packer === undefined || feed.inHand !== undefined || feed.retryAtMs > nowMs) {
-          continue;
-        }
-        if (next === undefined || feed.waitingSince < next[1].waitingSince) next = entry;
-      }
+      const next = this.feeds.next(nowMs);
       if (next === undefined) return;
-      const [partition, feed] = next;
-      const packer = feed.packer as RecordPacker;
-      feed.packer = undefined;
-      this.waitingBytes -= packer.bytes;
+      const { partition, feed, packer } = next;
       const work: Promise<void> = this.applyBatch(partition, feed, packer).finally(() => {
         this.batchesInHand.delete(work);
         feed.inHand = undefined;
@@ -430,7 +353,9 @@ export class ActivityConsumer implements WatchedConsumer {
       // read again, from the first record not applied.
       if (this.feeds.get(partition) === feed) {
         this.logger.warn({ err, partition }, 'a batch failed; reading it again');
-        this.rewind(partition, feed);
+        const through = this.aggregation.appliedThrough(partition) ?? -1;
+        this.feeds.rewind(partition, through, Date.now() + BATCH_RETRY_DELAY_MS);
+        this.seek(partition);
       }
       return;
     }
@@ -454,27 +379,11 @@ export class ActivityConsumer implements WatchedConsumer {
     }
   }
 
-  /**
-   * Reads a partition again from the first record not applied: drops what waits in its feed
-   * and seeks there.
-   */
-  private rewind(partition: number, feed: Feed): void {
-    if (feed.packer !== undefined) this.waitingBytes -= feed.packer.bytes;
-    feed.packer = undefined;
-    feed.lastPacked = this.aggregation.appliedThrough(partition) ?? -1;
-    feed.retryAtMs = Date.now() + BATCH_RETRY_DELAY_MS;
-    this.seekToFeed(partition, feed);
-  }
-
-  /**
-   * Makes librdkafka read the partition from the record after the feed's last one (its
-   * beginning when there is none yet); records of `consume` calls already under way are
-   * dropped (`resetAt`), since they may have been fetched from another position.
-   */
-  private seekToFeed(partition: number, feed: Feed): void {
-    this.resetAt.set(partition, ++this.resetSequence);
-    const offset =
-      feed.readFromBeginning && feed.lastPacked < 0 ? OFFSET_BEGINNING : feed.lastPacked + 1;
+  /** Makes librdkafka read the partition from where its feed stands (`seekOffset`). */
+  private seek(partition: number): void {
+    const feed = this.feeds.get(partition);
+    if (feed === undefined) return;
+    const offset = this.feeds.seekOffset(feed);
     if (offset >= 0) this.positions.set(partition, offset);
     try {
       this.consumer.seek({ topic: this.options.topic, partition, offset }, 0, () => {});
@@ -669,10 +578,7 @@ export class ActivityConsumer implements WatchedConsumer {
     const oldLoop = this.loop;
     // From here on, the old consumer's records and rebalances are ignored.
     this.generation++;
-    for (const feed of this.feeds.values()) {
-      if (feed.packer !== undefined) this.waitingBytes -= feed.packer.bytes;
-      feed.packer = undefined;
-    }
+    this.feeds.dropAllWaiting();
     await Promise.allSettled(this.batchesInHand);
     await this.flush().catch(() => {});
     const held = [...this.positions.keys()];
@@ -740,7 +646,7 @@ export class ActivityConsumer implements WatchedConsumer {
     // and the old one gone or leaving on its own: there is no consumer to pause or disconnect.
     await this.replacing?.catch(() => {});
     const running = this.consumerGeneration === this.generation;
-    if (running) this.pausePartitions([...this.feeds.keys()]);
+    if (running) this.pausePartitions(this.feeds.partitions);
     await this.loopEnded(this.loop);
     await Promise.allSettled(this.batchesInHand);
     try {
@@ -765,7 +671,7 @@ export class ActivityConsumer implements WatchedConsumer {
     if (this.pausedFor.has(reason)) return;
     this.pausedFor.add(reason);
     this.logger.warn({ reason }, 'consumption paused');
-    this.pausePartitions([...this.feeds.keys()]);
+    this.pausePartitions(this.feeds.partitions);
     this.metrics.consumptionPaused.set(1);
   }
 
@@ -774,7 +680,7 @@ export class ActivityConsumer implements WatchedConsumer {
     this.logger.info('consumption resumed');
     this.aggregation.restartIdleClocks(Date.now());
     // Stopped partitions stay paused: they wait for an operator, not for the database.
-    const partitions = [...this.feeds.keys()].filter((p) => !this.stoppedPartitions.has(p));
+    const partitions = this.feeds.partitions.filter((p) => !this.stoppedPartitions.has(p));
     try {
       this.consumer.resume(
         partitions.map((partition) => ({ topic: this.options.topic, partition })),
@@ -818,16 +724,11 @@ export class ActivityConsumer implements WatchedConsumer {
           partition: tp.partition,
           offset: checkpoint.replayFrom ?? OFFSET_BEGINNING,
         });
-        this.resetAt.set(tp.partition, ++this.resetSequence);
-        this.feeds.set(tp.partition, {
-          packer: undefined,
-          waitingSince: 0,
-          lastPacked: this.aggregation.appliedThrough(tp.partition) ?? -1,
-          fromBeginning: checkpoint.replayFrom === null,
-          readFromBeginning: checkpoint.replayFrom === null,
-          inHand: undefined,
-          retryAtMs: 0,
-        });
+        this.feeds.assign(
+          tp.partition,
+          this.aggregation.appliedThrough(tp.partition) ?? -1,
+          checkpoint.replayFrom === null,
+        );
         this.positions.set(tp.partition, checkpoint.replayFrom ?? 'beginning');
         this.assignedAtMs.set(tp.partition, Date.now());
         if (checkpoint.resumeFrom === null) this.storedPositions.delete(tp.partition);
@@ -846,12 +747,7 @@ export class ActivityConsumer implements WatchedConsumer {
       const partitions = assignment.map((tp) => tp.partition);
       // What waits for a worker goes unapplied (the next owner reads it again); batches of these
       // partitions still in a worker finish first, and their flush follows.
-      for (const partition of partitions) {
-        const feed = this.feeds.get(partition);
-        if (feed?.packer === undefined) continue;
-        this.waitingBytes -= feed.packer.bytes;
-        feed.packer = undefined;
-      }
+      for (const partition of partitions) this.feeds.dropWaiting(partition);
       await Promise.allSettled(this.batchesInHand);
       await this.flush(partitions).catch((flushErr: unknown) =>
         // Not lost: the next owner rebuilds from PostgreSQL and the topic.
@@ -869,10 +765,7 @@ export class ActivityConsumer implements WatchedConsumer {
   private forget(partitions: readonly number[]): void {
     this.aggregation.drop(partitions);
     for (const partition of partitions) {
-      const feed = this.feeds.get(partition);
-      if (feed?.packer !== undefined) this.waitingBytes -= feed.packer.bytes;
       this.feeds.delete(partition);
-      this.resetAt.set(partition, ++this.resetSequence);
       this.positions.delete(partition);
       this.storedPositions.delete(partition);
       this.assignedAtMs.delete(partition);

@@ -8,6 +8,7 @@ export const SCENARIO_NAMES = [
   'end-to-end',
   'memory',
   'rollups',
+  'query',
 ] as const;
 export type ScenarioName = (typeof SCENARIO_NAMES)[number];
 

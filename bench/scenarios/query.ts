@@ -33,7 +33,7 @@ import { atMost, type Contender, type Ratio, type ScenarioResult } from '../benc
 import { BENCH_PARTITIONS } from '../bench-topics.js';
 import { batchBodies } from '../event-generator.js';
 import { startCpuMeter } from '../process-sampler.js';
-import { type History, writeHistory } from '../rollup-history.js';
+import { writeHistory } from '../rollup-history.js';
 import { alternate, type BenchContext, num, type Scenario } from '../scenario.js';
 import {
   type RunningService,

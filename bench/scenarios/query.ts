@@ -38,6 +38,7 @@ import { alternate, type BenchContext, num, type Scenario } from '../scenario.js
 import {
   type RunningService,
   readMetric,
+  readMetricsText,
   startAggregatorProcess,
   startIngestProcess,
   startQueryProcess,
@@ -203,6 +204,9 @@ export const query: Scenario = {
       }
       log(`  ${streams.length} stream clients connected, events flowing; measuring`);
       sse.reset();
+      // The stream alone first: events flowing, no query load.
+      sse.phase = 'events only, no query load';
+      await sleep(config.httpDurationSec * 1000);
 
       const iso = (ms: number) => new Date(ms).toISOString();
       const day = (ms: number) => iso(ms).slice(0, 10);
@@ -277,6 +281,7 @@ export const query: Scenario = {
               {
                 name: `${name}: service, uncached`,
                 run: () => {
+                  sse.phase = `${name}: service, uncached`;
                   let k = 0;
                   return httpLoad(
                     uncachedService,
@@ -288,7 +293,10 @@ export const query: Scenario = {
               },
               {
                 name: `${name}: bare SQL`,
-                run: () => sqlLoad(pgClients, sqlOf[name], s.shifts, config.httpDurationSec),
+                run: () => {
+                  sse.phase = `${name}: bare SQL`;
+                  return sqlLoad(pgClients, sqlOf[name], s.shifts, config.httpDurationSec);
+                },
               },
             ],
             log,
@@ -379,7 +387,24 @@ export const query: Scenario = {
       const closed = streams.filter((stream) => stream.closed).length;
       if (closed > 0) warnings.push(`${closed} stream clients were disconnected during the run`);
       if (flowFailures > 0) warnings.push(`${flowFailures} event batches were refused by ingest`);
+      sse.phase = 'after the load';
       const flushes = await readMetric(aggregator.url, 'aggregator_flushes_total');
+      const flushSec = await readMetric(aggregator.url, 'aggregator_flush_duration_seconds_sum');
+      const flushText = (await readMetricsText(aggregator.url)) ?? '';
+      const flushCount = (le: string): number =>
+        flushText
+          .split('\n')
+          .filter(
+            (line) =>
+              line.startsWith('aggregator_flush_duration_seconds_bucket{') &&
+              line.includes(`le="${le}"`),
+          )
+          .reduce((sum, line) => sum + Number(line.slice(line.lastIndexOf(' ') + 1)), 0);
+      const slowFlushes = flushCount('+Inf') - flushCount('0.5');
+      const phaseNotes = [...sse.byPhase].map(
+        ([phase, values]) =>
+          `stream delivery while ${phase === '' ? 'starting' : phase}: p50 ${(quantile(values, 0.5) / 1000).toFixed(2)} s, p99 ${(quantile(values, 0.99) / 1000).toFixed(2)} s, max ${(quantile(values, 1) / 1000).toFixed(2)} s over ${num(values.length)} events`,
+      );
       return {
         scenario: 'query',
         method: `A history of ${days} days × ${num(history.usersPerDay)} users a day (${num(history.dailyUsers.min)}–${num(history.dailyUsers.max)}) of one UTC site written by SQL (rollup-history.ts, every day sealed as ended days are) and ${num(minuteRows)} minute rows (${BENCH_PARTITIONS} partitions × the last 24 hours and ${s.shifts} minutes); the aggregator (WORKERS=2, FLUSH_INTERVAL_SEC=${config.flushIntervalSec}) on the same schema with ${FLOW_BATCH * FLOW_BATCHES_PER_SEC} events/s flowing through ingest into another site, and ${s.sseClients} clients on /v1/stream of that site at each of two query service processes (QUERY_RATE_LIMIT_PER_SEC=0: every request comes from one address). GET /v1/summary from/to ${s.summaryDays} whole days and GET /v1/timeseries 24 hours by minute, autocannon with ${s.connections} connections for ${config.httpDurationSec} s: "cached" = the identical request every time on the service with its default cache (dropped on every flush); "uncached" = the range shifted by one day or minute per request, cycling through ${s.shifts}, on a service with QUERY_CACHE_TTL_MS=0. Baseline "bare SQL" = the same SQL the service issues (its read-model functions: uniqueUsersOverRange then readTotals; readWindows) on ${s.connections} pg clients in the bench process, each looping, over the same ${s.shifts} ranges, timed around each call. ${config.runs} ${config.runs === 1 ? 'run' : 'runs'} each, alternating; p50/p99 medians of runs. Stream delivery: receipt time − the event id (the flush transaction's timestamp, microseconds) for every event every client received during the measurement`,
@@ -390,6 +415,8 @@ export const query: Scenario = {
         warnings,
         notes: [
           ...cacheCounts,
+          ...phaseNotes,
+          `flush transactions (both workers): mean ${(((flushSec ?? Number.NaN) / (flushCount('+Inf') || 1)) * 1000).toFixed(0)} ms, ${num(slowFlushes)} of ${num(flushCount('+Inf'))} took over 0.5 s`,
           `the aggregator flushed ${num(flushes ?? Number.NaN)} times; stream events received ${num(sse.count)} (${num(sse.count / Math.max(1, streams.length))} per client)`,
           `history: ${num(history.rows.periodMetrics)} period_metrics rows, ${num(history.rows.periodUsers)} period_users rows`,
         ],
@@ -508,20 +535,31 @@ async function sqlLoad(
   };
 }
 
-/** Receipt − event id (microseconds) of every stream event, in ms. */
+/** Receipt − event id (microseconds) of every stream event, in ms, by what ran meanwhile. */
 class SseLatencies {
   samples: number[] = [];
   count = 0;
+  /** What is running now: the contender under load, or none. */
+  phase = '';
+  readonly byPhase = new Map<string, number[]>();
   private since = performance.now();
 
   add(latencyMs: number): void {
     this.count++;
-    if (this.samples.length < MAX_SSE_SAMPLES) this.samples.push(latencyMs);
+    if (this.samples.length >= MAX_SSE_SAMPLES) return;
+    this.samples.push(latencyMs);
+    let phase = this.byPhase.get(this.phase);
+    if (phase === undefined) {
+      phase = [];
+      this.byPhase.set(this.phase, phase);
+    }
+    phase.push(latencyMs);
   }
 
   reset(): void {
     this.samples = [];
     this.count = 0;
+    this.byPhase.clear();
     this.since = performance.now();
   }
 

@@ -270,13 +270,15 @@ export const query: Scenario = {
             [
               {
                 name: `${name}: service, cached`,
-                run: () =>
-                  httpLoad(
+                run: () => {
+                  sse.phase = `${name}: service, cached`;
+                  return httpLoad(
                     cachedService,
                     () => paths[name](0),
                     s.connections,
                     config.httpDurationSec,
-                  ),
+                  );
+                },
               },
               {
                 name: `${name}: service, uncached`,

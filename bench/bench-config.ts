@@ -8,11 +8,12 @@ export const SCENARIO_NAMES = [
   'end-to-end',
   'memory',
   'rollups',
+  'query',
 ] as const;
 export type ScenarioName = (typeof SCENARIO_NAMES)[number];
 
 /**
- * How long and how hard each scenario runs. `full` is `make bench` (about 28 minutes on 2 cores);
+ * How long and how hard each scenario runs. `full` is `make bench` (about 32 minutes on 2 cores);
  * `smoke` is the seconds-long run `make test` does so that the harness cannot rot.
  */
 export interface BenchConfig {

@@ -18,7 +18,7 @@ import type { ResultFile } from './results-report.js';
 import type { Figure } from './statistics.js';
 
 const RUN_BENCH = fileURLToPath(new URL('./run-bench.js', import.meta.url));
-const SCENARIOS = ['ingest-single', 'aggregate-catchup', 'rollups'];
+const SCENARIOS = ['ingest-single', 'aggregate-catchup', 'rollups', 'query'];
 /** Timed calls of each range in the smoke profile (`rangeQueryCalls`). */
 const SMOKE_RANGE_CALLS = 3;
 
@@ -98,6 +98,12 @@ test('a smoke run of the bench writes sane results and the table', async () => {
     assert.ok((rolledUp('rollups-on') ?? 0) > 0, 'ROLLUPS=on rolls up');
     assert.equal(rolledUp('rollups-off'), 0, 'ROLLUPS=off does not');
     assert.equal(rollups.result.warnings.length, 0, rollups.result.warnings.join('; '));
+
+    const query = JSON.parse(await readFile(join(dir, 'query.json'), 'utf8')) as ResultFile;
+    const stream = query.result.contenders.find((c) => c.name === 'stream delivery');
+    assert.ok((stream?.extra?.events as number) > 0, 'the stream clients received flushes');
+    assert.equal(query.result.ratios.length, 5, 'two p99 ratios per query, and the stream');
+    assert.equal(query.result.warnings.length, 0, query.result.warnings.join('; '));
 
     const table = await readFile(join(dir, 'RESULTS.md'), 'utf8');
     for (const scenario of SCENARIOS) assert.match(table, new RegExp(`## ${scenario}`));

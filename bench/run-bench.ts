@@ -21,6 +21,7 @@ import { endToEnd } from './scenarios/end-to-end.js';
 import { ingestBatch } from './scenarios/ingest-batch.js';
 import { ingestSingle } from './scenarios/ingest-single.js';
 import { memory } from './scenarios/memory.js';
+import { query } from './scenarios/query.js';
 import { rollups } from './scenarios/rollups.js';
 
 const SCENARIOS: Record<ScenarioName, Scenario> = {
@@ -30,6 +31,7 @@ const SCENARIOS: Record<ScenarioName, Scenario> = {
   'end-to-end': endToEnd,
   memory,
   rollups,
+  query,
 };
 
 const defaultResultsDir = join(REPO_ROOT, 'bench', 'results');

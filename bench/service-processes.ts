@@ -1,4 +1,4 @@
-/** Ingest and the aggregator as the separate processes the bench measures (`node dist/.../main.js`). */
+/** Ingest, the aggregator and the query service as the separate processes the bench measures (`node dist/.../main.js`). */
 import { freeTcpPort } from '../shared/testing.js';
 import { BenchProcess, distScript } from './bench-process.js';
 
@@ -87,4 +87,24 @@ export async function readMetricsText(url: string): Promise<string | undefined> 
   } catch {
     return undefined;
   }
+}
+
+export async function startQueryProcess(options: {
+  databaseUrl: string;
+  schema: string;
+  name?: string;
+  env?: Record<string, string>;
+}): Promise<RunningService> {
+  const port = await freeTcpPort();
+  const process = new BenchProcess(options.name ?? 'query', [distScript('../query/main.js')], {
+    DATABASE_URL: options.databaseUrl,
+    DATABASE_SCHEMA: options.schema,
+    QUERY_HOST: '127.0.0.1',
+    QUERY_PORT: String(port),
+    LOG_LEVEL: 'warn',
+    ...options.env,
+  });
+  const url = `http://127.0.0.1:${port}`;
+  await process.waitHttpOk(`${url}/readyz`);
+  return { process, port, url };
 }

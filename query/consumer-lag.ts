@@ -20,6 +20,8 @@ type Admin = ReturnType<Kafka['admin']>;
 
 /** How long one measurement serves every request. */
 const REUSE_MS = 1500;
+/** After a failed measurement, how long `null` is answered before the broker is asked again. */
+const REUSE_FAILED_MS = 10_000;
 /** Longest wait for the broker and PostgreSQL together; the answer goes on without the figure. */
 const DEADLINE_MS = 2000;
 /** At most one warning this often while the broker does not answer. */
@@ -54,11 +56,12 @@ export class ConsumerLag {
   /** Records of the topic not yet in PostgreSQL; null when the broker or the rows do not tell. */
   async records(nowMs = Date.now()): Promise<number | null> {
     if (this.closed) return null;
-    if (this.measured !== undefined && nowMs - this.measured.atMs < REUSE_MS) {
+    const reuseMs = this.measured?.records === null ? REUSE_FAILED_MS : REUSE_MS;
+    if (this.measured !== undefined && nowMs - this.measured.atMs < reuseMs) {
       return this.measured.records;
     }
-    // A call that outlived its deadline is dropped from here, so a hung broker call cannot keep
-    // every later request waiting on it.
+    // Every step of a measurement has a deadline, so a hung broker cannot keep later requests
+    // waiting on it.
     this.inFlight ??= this.measure()
       .then(
         (records) => records,
@@ -77,9 +80,14 @@ export class ConsumerLag {
 
   async close(): Promise<void> {
     this.closed = true;
-    const admin = this.admin ?? (await this.connecting?.catch(() => undefined));
+    const admin = this.admin;
     this.admin = undefined;
-    await admin?.disconnect().catch(() => {});
+    // A connect still under way disconnects itself when it ends (see connect()).
+    if (admin !== undefined) {
+      await withDeadline(admin.disconnect(), DEADLINE_MS, 'disconnecting the admin client').catch(
+        (err: unknown) => this.options.logger.warn({ err }, 'admin client did not disconnect'),
+      );
+    }
   }
 
   private async measure(): Promise<number> {
@@ -123,8 +131,12 @@ export class ConsumerLag {
         await admin.disconnect().catch(() => {});
         throw err;
       }
-      this.admin = admin;
       this.connecting = undefined;
+      if (this.closed) {
+        await admin.disconnect().catch(() => {});
+        throw new Error('consumer lag closed');
+      }
+      this.admin = admin;
       return admin;
     })();
     return this.connecting;

@@ -335,7 +335,12 @@ test('the dashboard shows the oracle figures, follows events live and works by k
 
   // A phone: one column, nothing wider than the screen.
   await page.setViewportSize({ width: 390, height: 844 });
-  await untilInPage(page, `document.documentElement.scrollWidth <= 390`);
+  // The charts redraw for the new width from a ResizeObserver: wait for that too.
+  await untilInPage(
+    page,
+    `document.documentElement.scrollWidth <= 390 &&
+     document.getElementById('live-chart').getBoundingClientRect().right <= 390`,
+  );
   const widths = await inPage<{ page: number; chart: number }>(
     page,
     `({ page: document.documentElement.scrollWidth,

@@ -134,8 +134,7 @@ CMD ["node", "dist/ingest/main.js"]
 # query: the read API, the live stream and the dashboard page, from PostgreSQL.
 # ---------------------------------------------------------------------------------------------
 FROM runtime AS query
-# The page's static files (query/web/) are served from the source tree, beside dist/.
-COPY --from=build /app/query/web ./query/web
+# The page is served from dist/query/web (built above); its source folder is not in the image.
 EXPOSE 8082
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
   CMD ["node", "-e", "fetch('http://127.0.0.1:'+(process.env.QUERY_PORT||8082)+'/readyz',{signal:AbortSignal.timeout(3000)}).then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"]

@@ -45,7 +45,12 @@ export class PartitionWriter {
    */
   async write(
     events: SiteEvent[],
-    options: { receivedAfterMs?: number; closeThrough?: number } = {},
+    options: {
+      receivedAfterMs?: number;
+      closeThrough?: number;
+      /** Holds the transaction open before COMMIT (a slow flush of another instance). */
+      pauseBeforeCommit?: { ms: number; onPause: () => void };
+    } = {},
   ): Promise<void> {
     const records = events.map((event, i) => ({
       offset: this.offset + i,
@@ -59,7 +64,7 @@ export class PartitionWriter {
     this.offset += events.length;
     if (options.closeThrough !== undefined) this.state.closeThrough(options.closeThrough);
     const snapshot = this.state.snapshot();
-    const outcome = await writeFlush(this.client, [snapshot]);
+    const outcome = await writeFlush(this.client, [snapshot], undefined, options.pauseBeforeCommit);
     assert.ok(outcome.committed);
     this.state.settle(snapshot);
   }

@@ -193,7 +193,13 @@ export class Answers {
     };
   }
 
-  async realtime(client: ClientBase, scope: Scope, nowMs: number): Promise<object> {
+  /** `consumerLagRecords`: the whole topic's lag (`consumer-lag.ts`), or null when unknown. */
+  async realtime(
+    client: ClientBase,
+    scope: Scope,
+    nowMs: number,
+    consumerLagRecords: number | null,
+  ): Promise<object> {
     const { windowMs } = this.settings;
     const current = nowMs - (nowMs % windowMs);
     const fromMs = current - (REALTIME_WINDOWS - 1) * windowMs;
@@ -224,9 +230,7 @@ export class Answers {
         newest_window_with_events:
           freshness.newestWindowWithEvents === null ? null : iso(freshness.newestWindowWithEvents),
         flushed_at: freshness.flushedAt === null ? null : iso(freshness.flushedAt),
-        // The broker's lag is the aggregator's to measure (aggregator_partition_lag_records);
-        // this service reads PostgreSQL only.
-        consumer_lag_records: null,
+        consumer_lag_records: consumerLagRecords,
       },
     };
   }

@@ -43,3 +43,12 @@ test('read keys: KEY=SITE, several keys per site; every bad entry reported, neve
     assert.ok(!err.message.includes('long-enough-key'), 'keys never appear in messages');
   }
 });
+
+test('broker settings are optional: without them the consumer lag is not measured', () => {
+  const unset = readQueryConfig({});
+  assert.deepEqual(unset.kafkaBrokers, []);
+  assert.equal(unset.topic, 'incoming.user_activity');
+  const set = readQueryConfig({ KAFKA_BROKERS: 'a:9092, b:9092', TOPIC: 'events' });
+  assert.deepEqual(set.kafkaBrokers, ['a:9092', 'b:9092']);
+  assert.equal(set.topic, 'events');
+});

@@ -1,5 +1,6 @@
 import { ConfigReader } from '../shared/config-reader.js';
 import { isTimeZone, SITE_NAME } from '../shared/event-schema.js';
+import { DEFAULT_TOPIC } from '../shared/kafka-client.js';
 
 /** A read key and the one site it reads. */
 export interface ReadKey {
@@ -17,6 +18,12 @@ export interface QueryConfig {
   databaseSchema: string;
   /** Connections to PostgreSQL for answers (the stream's LISTEN connection is one more). */
   databasePoolSize: number;
+  /**
+   * The aggregator's broker and events topic, to report the consumer lag in `/v1/realtime`;
+   * empty: the lag is reported as null.
+   */
+  kafkaBrokers: string[];
+  topic: string;
   /** Read keys; empty: the API is open and reads the site `default` unless told another. */
   apiKeys: ReadKey[];
   /** Zone of a site with no stored rows yet (a stored row's zone wins). */
@@ -52,6 +59,8 @@ export function readQueryConfig(env: NodeJS.ProcessEnv): QueryConfig {
     databaseUrl: r.string('DATABASE_URL', 'postgres://postgres@127.0.0.1:5432/activity'),
     databaseSchema: r.string('DATABASE_SCHEMA', 'public'),
     databasePoolSize: r.int('QUERY_DATABASE_POOL_SIZE', 10, { min: 1, max: 1000 }),
+    kafkaBrokers: r.list('KAFKA_BROKERS', []),
+    topic: r.string('TOPIC', DEFAULT_TOPIC),
     apiKeys: parseReadKeys(r.list('QUERY_API_KEYS', []), (problem) => r.problem(problem)),
     defaultSiteTimeZone: r.string('DEFAULT_SITE_TIME_ZONE', 'UTC'),
     windowMs: r.secondsAsMs('WINDOW_SEC', 60, { min: 1, max: 86_400 }),

@@ -124,6 +124,21 @@ function inPage<T = unknown>(page: Page, expression: string): Promise<T> {
   return page.evaluate(expression) as Promise<T>;
 }
 
+/**
+ * Waits until `expression` holds in the page. The predicate is made a function here, in Node:
+ * Playwright compiles a function through the DevTools protocol, while a string predicate is
+ * `eval`ed in the page, which the page's Content-Security-Policy (no `unsafe-eval`) refuses.
+ */
+function untilInPage(
+  page: Page,
+  expression: string,
+  arg?: undefined,
+  options?: { timeout?: number; polling?: number },
+): Promise<unknown> {
+  const predicate = new Function(`return (${expression});`) as () => unknown;
+  return page.waitForFunction(predicate, arg, options);
+}
+
 /** What the page reports going wrong: console errors, page errors, failed or refused requests. */
 function watchProblems(page: Page): string[] {
   const problems: string[] = [];
@@ -224,14 +239,17 @@ test('the dashboard shows the oracle figures, follows events live and works by k
   const recent = events.filter((event) => event.timestamp >= now - 29 * MINUTE_MS).length;
   const liveTotal = () =>
     inPage<number>(page, `Number(document.getElementById('live-figures').dataset.total)`);
-  await page.waitForSelector('#live-chart rect.bar');
+  // Attached, not visible: a window without events is a bar of height 0, which Playwright
+  // counts as hidden, and the oldest of the 31 may have none.
+  await page.waitForSelector('#live-chart rect.bar', { state: 'attached' });
   assert.equal(await page.locator('#live-chart rect.bar').count(), 31);
   await waitFor(async () => ((await liveTotal()) >= recent ? true : undefined), {
     timeoutMs: 5_000,
     what: 'the last half hour on the live chart',
     describe: () => String(recent),
   });
-  await page.waitForFunction(
+  await untilInPage(
+    page,
     `document.getElementById('live-status').textContent.startsWith('Live: updates arrive')`,
   );
   // New events now: each round must show within the bound of ingest's acknowledgement.
@@ -244,7 +262,8 @@ test('the dashboard shows the oracle figures, follows events live and works by k
     }));
     await send(batch);
     const acknowledged = Date.now();
-    await page.waitForFunction(
+    await untilInPage(
+      page,
       `Number(document.getElementById('live-figures').dataset.total) >= ${before + batch.length}`,
       undefined,
       { timeout: 10_000, polling: 20 },
@@ -279,7 +298,8 @@ test('the dashboard shows the oracle figures, follows events live and works by k
   assert.deepEqual(order, ['site', 'key', 'button', 'range', 'metric', 'summary']);
   await page.focus('#metric');
   await page.keyboard.press('ArrowDown');
-  await page.waitForFunction(
+  await untilInPage(
+    page,
     `document.getElementById('range-totals').textContent.includes(' page views.')`,
   );
   assert.match(
@@ -288,13 +308,12 @@ test('the dashboard shows the oracle figures, follows events live and works by k
   );
   await page.focus('#range');
   await page.keyboard.press('ArrowDown');
-  await page.waitForFunction(
+  await untilInPage(
+    page,
     `document.getElementById('types-range').textContent.includes('yesterday')`,
   );
   await page.keyboard.press('ArrowUp');
-  await page.waitForFunction(
-    `document.getElementById('types-range').textContent.includes('today')`,
-  );
+  await untilInPage(page, `document.getElementById('types-range').textContent.includes('today')`);
   await page.focus('summary');
   await page.keyboard.press('Enter');
   assert.equal(await inPage(page, `document.querySelector('details').open`), true);
@@ -305,7 +324,8 @@ test('the dashboard shows the oracle figures, follows events live and works by k
   if (screenshot !== undefined && screenshot !== '') {
     await inPage(page, `document.querySelector('details').open = false`);
     await page.selectOption('#metric', 'events');
-    await page.waitForFunction(
+    await untilInPage(
+      page,
       `document.getElementById('range-totals').textContent.includes(' events.')`,
     );
     await inPage(page, `document.activeElement.blur()`);
@@ -315,7 +335,12 @@ test('the dashboard shows the oracle figures, follows events live and works by k
 
   // A phone: one column, nothing wider than the screen.
   await page.setViewportSize({ width: 390, height: 844 });
-  await page.waitForFunction(`document.documentElement.scrollWidth <= 390`);
+  // The charts redraw for the new width from a ResizeObserver: wait for that too.
+  await untilInPage(
+    page,
+    `document.documentElement.scrollWidth <= 390 &&
+     document.getElementById('live-chart').getBoundingClientRect().right <= 390`,
+  );
   const widths = await inPage<{ page: number; chart: number }>(
     page,
     `({ page: document.documentElement.scrollWidth,
@@ -340,6 +365,6 @@ test('a wrong read key is explained on the page in words', async (t) => {
   await page.keyboard.type(READ_KEY);
   await page.keyboard.press('Enter');
   await page.waitForSelector('#today-events[data-value]');
-  await page.waitForFunction(`document.querySelectorAll('#errors p').length === 0`);
+  await untilInPage(page, `document.querySelectorAll('#errors p').length === 0`);
   assert.equal(new URL(page.url()).searchParams.get('key'), READ_KEY);
 });

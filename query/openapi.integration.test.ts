@@ -28,6 +28,7 @@ import { withDeadline } from '../shared/lifecycle.js';
 import { createLogger } from '../shared/logger.js';
 import { freeTcpPort, stackFromEnv } from '../shared/testing.js';
 import type { QueryService } from './service.js';
+import { WEB_ROOTS } from './static-files.js';
 
 type Json = { [key: string]: unknown };
 
@@ -40,7 +41,8 @@ const KEY = 'openapi-read-key-0123456789';
 const KEYS = ['main', 'limit-1', 'limit-2', 'limit-3', 'limit-4', 'limit-5'].map(
   (name) => `${name}-${KEY}`,
 );
-const PAGE_EXISTS = existsSync(join(REPO_ROOT, 'query', 'web', 'index.html'));
+/** The page is served from the build (`make build` writes it), never from query/web. */
+const PAGE_EXISTS = WEB_ROOTS.some((root) => existsSync(join(root, 'index.html')));
 
 let db: pg.Client;
 let schema: string;
@@ -266,6 +268,27 @@ test('200: every endpoint answers as documented, with every documented parameter
   const page = await getJson(base, '/');
   assert.equal(page.status, PAGE_EXISTS ? 200 : 404);
   check('/', page, 'the page');
+});
+
+test('the page: built files only, with a Content-Security-Policy and nosniff', async (t) => {
+  if (!PAGE_EXISTS) {
+    t.diagnostic('no built page (make build): only the 404s are checked');
+  } else {
+    for (const path of ['/', '/index.html', '/dashboard.js', '/dashboard.css']) {
+      const file = await getJson(base, path);
+      assert.equal(file.status, 200, path);
+      assert.equal(file.headers.get('x-content-type-options'), 'nosniff', path);
+      assert.match(file.headers.get('content-security-policy') ?? '', /default-src 'self'/, path);
+      assert.doesNotMatch(file.headers.get('content-security-policy') ?? '', /unsafe-/, path);
+    }
+  }
+  // The source folder's files exist in the repository, and are not the page's to serve.
+  for (const path of ['/tsconfig.json', '/dashboard.ts', '/query/web/tsconfig.json']) {
+    assert.ok(existsSync(join(REPO_ROOT, 'query', 'web', 'tsconfig.json')));
+    const answer = await getJson(base, path);
+    assert.equal(answer.status, 404, path);
+    assert.equal(answer.body.code, 'not_found', path);
+  }
 });
 
 test('200: the stream is text/event-stream and its events are StreamWindow', async () => {

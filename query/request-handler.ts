@@ -9,6 +9,7 @@ import type { StateHolder } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
 import type { RateLimiter } from '../shared/rate-limiter.js';
 import { type Answers, METRICS, type Metric, type Scope } from './answers.js';
+import type { ConsumerLag } from './consumer-lag.js';
 import type { QueryDatabase } from './database.js';
 import { invalid, QueryError } from './errors.js';
 import type { QueryHttpHandler, QueryRequest, Reply, StreamReply } from './http-server.js';
@@ -16,7 +17,7 @@ import type { QueryMetrics } from './metrics.js';
 import { ReadKeys } from './read-keys.js';
 import { readSiteZone } from './read-model.js';
 import type { ResultCache } from './result-cache.js';
-import type { StaticFiles } from './static-files.js';
+import { PAGE_HEADERS, type StaticFiles } from './static-files.js';
 import { type Interval, resolveRange } from './time-range.js';
 import type { WindowStream } from './window-stream.js';
 
@@ -48,6 +49,8 @@ export interface QueryHandlerOptions {
   answers: Answers;
   cache: ResultCache<object>;
   stream: WindowStream;
+  /** Without the broker's settings, none: the lag is null. */
+  consumerLag: ConsumerLag | undefined;
   keys: ReadKeys;
   rateLimiter: RateLimiter;
   staticFiles: StaticFiles;
@@ -221,9 +224,11 @@ export function createQueryHandler(options: QueryHandlerOptions): QueryHttpHandl
         const window = nowMs - (nowMs % options.windowMs);
         return json(
           200,
-          await answer([site, window], () =>
-            options.database.use((db) => answers.realtime(db, scope, nowMs)),
-          ),
+          await answer([site, window], async () => {
+            // Asked first, outside the database connection: the broker may take its deadline.
+            const lag = (await options.consumerLag?.records(nowMs)) ?? null;
+            return options.database.use((db) => answers.realtime(db, scope, nowMs, lag));
+          }),
         );
       }
       case '/v1/timeseries': {
@@ -321,7 +326,7 @@ export function createQueryHandler(options: QueryHandlerOptions): QueryHttpHandl
         if (file === undefined) throw new QueryError('not_found', 'no such page or endpoint');
         return {
           status: 200,
-          headers: { 'content-type': file.type, 'cache-control': 'no-cache' },
+          headers: { ...PAGE_HEADERS, 'content-type': file.type, 'cache-control': 'no-cache' },
           body: file.body,
         };
       } catch (err) {

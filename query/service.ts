@@ -4,6 +4,7 @@ import { RateLimiter } from '../shared/rate-limiter.js';
 import { createServiceRegistry } from '../shared/service-metrics.js';
 import { Answers } from './answers.js';
 import type { QueryConfig } from './config.js';
+import { ConsumerLag } from './consumer-lag.js';
 import { QueryDatabase } from './database.js';
 import { QueryHttpServer } from './http-server.js';
 import { createQueryMetrics, endpointLabel } from './metrics.js';
@@ -50,6 +51,16 @@ export async function startQuery(config: QueryConfig, logger: Logger): Promise<Q
     onFlush: () => cache.clear(),
     logger: logger.child({ component: 'stream' }),
   });
+  const consumerLag =
+    config.kafkaBrokers.length === 0
+      ? undefined
+      : new ConsumerLag({
+          brokers: config.kafkaBrokers,
+          topic: config.topic,
+          windowSeconds: config.windowMs / 1000,
+          database,
+          logger: logger.child({ component: 'consumer-lag' }),
+        });
   let databaseAnswers = false;
   const isReady = (): boolean => state.state === 'running' && databaseAnswers && stream.listening;
   const staticFiles = new StaticFiles();
@@ -65,6 +76,7 @@ export async function startQuery(config: QueryConfig, logger: Logger): Promise<Q
       }),
       cache,
       stream,
+      consumerLag,
       keys: new ReadKeys(config.apiKeys),
       rateLimiter: new RateLimiter(config.rateLimitPerSec, config.rateLimitBurst),
       staticFiles,
@@ -102,6 +114,7 @@ export async function startQuery(config: QueryConfig, logger: Logger): Promise<Q
   } catch (err) {
     state.set('failed');
     await stream.close();
+    await consumerLag?.close();
     await database.close().catch(() => {});
     throw err;
   }
@@ -134,6 +147,7 @@ export async function startQuery(config: QueryConfig, logger: Logger): Promise<Q
         'answering requests in hand',
       ).catch((err: unknown) => logger.warn({ err }, 'requests still unanswered; closing them'));
       http.destroyAll();
+      await consumerLag?.close();
       await database.close();
       state.set('stopped');
     })();

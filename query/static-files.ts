@@ -3,13 +3,22 @@ import { extname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 /**
- * The dashboard page's files: `query/web/` of the repository (the image copies it too), and what
- * the build compiles from it (`dist/query/web/`), which wins for a path both hold.
+ * The dashboard page as built (`dist/query/web/`: the compiled scripts, and the HTML and CSS the
+ * build copies beside them). Never the source folder: its TypeScript and tsconfig are not the
+ * page's to serve.
  */
-export const WEB_ROOTS = [
-  fileURLToPath(new URL('../../query/web/', import.meta.url)),
-  fileURLToPath(new URL('./web/', import.meta.url)),
-];
+export const WEB_ROOTS = [fileURLToPath(new URL('./web/', import.meta.url))];
+
+/**
+ * Headers of the page's own responses. The page loads its script, style and data from this
+ * origin only, with no inline script or style (the favicon is an empty `data:` URL); the
+ * browser must not guess a type other than the one sent.
+ */
+export const PAGE_HEADERS: Readonly<Record<string, string>> = {
+  'content-security-policy':
+    "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'self'",
+  'x-content-type-options': 'nosniff',
+};
 
 const TYPES: Record<string, string> = {
   '.html': 'text/html; charset=utf-8',

@@ -17,6 +17,7 @@ import { withDeadline } from '../shared/lifecycle.js';
 import { createLogger } from '../shared/logger.js';
 import { stackFromEnv } from '../shared/testing.js';
 import type { QueryService } from './service.js';
+import { RESUME_MARGIN_MS } from './window-stream.js';
 
 const stack = stackFromEnv();
 const logger = createLogger('test', 'warn');
@@ -157,13 +158,64 @@ test('Last-Event-ID resumes: the windows written after it are sent first', async
   );
   if (data.start === start) assert.equal(caughtUp.data, JSON.stringify(now));
 
-  // Resuming from the newest cursor sends nothing old; the query parameter works as well.
+  // Resuming from the newest cursor repeats at most the windows of the margin, each as stored
+  // now; the query parameter works as well.
   const latest = [caughtUp, ...resumed.drain()].at(-1)?.id ?? '';
   const quiet = await open({ site: 'resume', last_event_id: latest });
   await new Promise((resolve) => setTimeout(resolve, 1500));
-  assert.deepEqual(quiet.drain(), []);
+  for (const repeated of quiet.drain()) {
+    assert.ok(BigInt(repeated.id ?? '0') >= BigInt(latest) - BigInt(RESUME_MARGIN_MS) * 1000n);
+    const { start: repeatedStart } = JSON.parse(repeated.data) as { start: string };
+    assert.equal(repeated.data, JSON.stringify(await storedWindow('resume', repeatedStart)));
+  }
   await writer.write(eventsNow('resume', 1));
   assert.equal((await quiet.next(5000)).event, 'window');
+});
+
+test('resume re-sends a window that an older flush changed after the cursor was sent', async () => {
+  // Two aggregator instances: partition 1's flush starts first and commits last, so its rows
+  // carry an older updated_at than the cursor the client holds when it leaves.
+  const other = await schemas.connect(schema);
+  try {
+    const otherWriter = await PartitionWriter.claim(other, 1, WINDOW_MS);
+    const reader = await open({ site: 'overlap' });
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    let paused!: () => void;
+    const inTransaction = new Promise<void>((resolve) => {
+      paused = resolve;
+    });
+    // Both in the same window (made together, so that the minute cannot turn in between).
+    const [slowEvents, fastEvents] = [eventsNow('overlap', 3), eventsNow('overlap', 2)];
+    const slow = otherWriter.write(slowEvents, {
+      pauseBeforeCommit: { ms: 1500, onPause: () => paused() },
+    });
+    await inTransaction;
+    await writer.write(fastEvents);
+    const seen = await reader.next(5000);
+    const cursor = seen.id ?? '';
+    const { start } = JSON.parse(seen.data) as { start: string };
+    reader.close();
+    await slow;
+    const stored = await storedWindow('overlap', start);
+    assert.notEqual(seen.data, JSON.stringify(stored), 'the slow flush changed the window');
+    const olderFlush = await db.query<{ cursor: string }>(
+      `SELECT (extract(epoch FROM updated_at) * 1000000)::bigint::text AS cursor
+         FROM user_activity_metrics WHERE site = 'overlap' AND source_partition = 1`,
+    );
+    assert.ok(
+      BigInt(olderFlush.rows[0]?.cursor ?? '0') < BigInt(cursor),
+      'the slow flush is older than the cursor handed out',
+    );
+
+    const resumed = await open({ site: 'overlap' }, { 'last-event-id': cursor });
+    const events = [await resumed.next(5000)];
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    events.push(...resumed.drain());
+    const window = events.filter((e) => (JSON.parse(e.data) as { start: string }).start === start);
+    assert.equal(window.at(-1)?.data, JSON.stringify(stored), 'the window as both flushes left it');
+  } finally {
+    await other.end();
+  }
 });
 
 test('realtime: the current window and the 30 before it, zero-filled, with freshness', async () => {

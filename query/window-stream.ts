@@ -6,8 +6,8 @@
  * clients of its site. No client polls.
  *
  * Every event carries a cursor (`id:`): when a flush last wrote that window, in microseconds. A
- * client that reconnects with `Last-Event-ID` first gets the windows written after its cursor,
- * bounded to the last `REALTIME_WINDOWS` windows.
+ * client that reconnects with `Last-Event-ID` first gets the windows written after its cursor
+ * less `RESUME_MARGIN_MS`, bounded to the last `REALTIME_WINDOWS` windows.
  */
 import pg from 'pg';
 import { sleep } from '../shared/lifecycle.js';
@@ -23,6 +23,24 @@ const HEARTBEAT_MS = 15_000;
 /** Bytes a slow client may leave unread before it is dropped (it can reconnect and resume). */
 const MAX_UNREAD_BYTES = 1_048_576;
 const CURSOR = /^\d{1,20}$/;
+/**
+ * A cursor is a flush transaction's start (`now()`), and it becomes visible at its commit. With
+ * several aggregators, a flush that started before the one that handed out a cursor can commit
+ * after it, with an older cursor: reading only after the cursor would skip its windows. A resume
+ * therefore reads from this long before the cursor, and may repeat windows (harmless: each event
+ * is the window's whole figures). The bound: every statement of a flush has the aggregator's
+ * `DATABASE_QUERY_TIMEOUT_SEC` deadline (15 s by default), and PostgreSQL ends a session idle in
+ * its transaction after 30 s (`idle_in_transaction_session_timeout`, aggregator/database.ts);
+ * 60 s covers a flush several statements of which run near their deadline. A flush open longer
+ * (no transaction-wide timeout exists) can still be missed by a resume, not by a live stream.
+ */
+export const RESUME_MARGIN_MS = 60_000;
+const RESUME_MARGIN_US = BigInt(RESUME_MARGIN_MS) * 1000n;
+
+/** The cursor a resume from `cursor` reads after. */
+export function resumeFrom(cursor: bigint): bigint {
+  return cursor > RESUME_MARGIN_US ? cursor - RESUME_MARGIN_US : 0n;
+}
 
 /** Where a stream writes: the HTTP layer's response. */
 export interface EventSink {
@@ -119,7 +137,7 @@ export class WindowStream {
         readChangedWindows(db, {
           fromMs: this.horizon(),
           windowSeconds: this.options.windowMs / 1000,
-          cursor: resume,
+          cursor: resumeFrom(BigInt(resume)).toString(),
           inclusive: false,
           site,
         }),
@@ -187,9 +205,10 @@ export class WindowStream {
       throw err;
     }
     this.listener = client;
-    // Flushes committed while no connection listened: read from the newest cursor seen.
+    // Flushes committed while no connection listened: read from the newest cursor seen, less
+    // the margin for flushes that started before it and committed after.
     if (this.connectedOnce && this.newestCursor !== undefined) {
-      this.notified(BigInt(this.newestCursor) + 1n);
+      this.notified(resumeFrom(BigInt(this.newestCursor)));
     }
     this.connectedOnce = true;
   }

@@ -304,6 +304,7 @@ async function main(): Promise<void> {
   const env: NodeJS.ProcessEnv = {
     ...process.env,
     ...serviceAllocatorEnv(),
+    // Every service's broker: the query service's too, for the consumer lag of /v1/realtime.
     KAFKA_BROKERS: stack.kafkaBrokers,
     DATABASE_URL: stack.databaseUrl,
     INGEST_PORT: String(config.ingestPort),

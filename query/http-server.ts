@@ -9,6 +9,7 @@
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
+import { listen } from '../shared/listen.js';
 import type { Logger } from '../shared/logger.js';
 import type { EventSink } from './window-stream.js';
 
@@ -71,18 +72,7 @@ export class QueryHttpServer {
   }
 
   async start(): Promise<void> {
-    await new Promise<void>((resolve, reject) => {
-      this.server.once('error', (err: NodeJS.ErrnoException) =>
-        reject(
-          err.code === 'EADDRINUSE'
-            ? new Error(`port ${this.options.port} is taken; set QUERY_PORT to a free port`, {
-                cause: err,
-              })
-            : err,
-        ),
-      );
-      this.server.listen(this.options.port, this.options.host, resolve);
-    });
+    await listen(this.server, this.options.port, this.options.host, 'QUERY_PORT');
   }
 
   /** Stops accepting connections; idle kept-alive ones are closed, requests in hand answered. */

@@ -1,6 +1,7 @@
 import { createServer, type Server } from 'node:http';
 import type { Registry } from 'prom-client';
 import type { StateHolder } from './lifecycle.js';
+import { listen } from './listen.js';
 
 /**
  * A small HTTP server for a service without a public API of its own: `/healthz` (the process is
@@ -59,18 +60,7 @@ export class HealthServer {
   }
 
   async start(): Promise<void> {
-    await new Promise<void>((resolve, reject) => {
-      this.server.once('error', (err: NodeJS.ErrnoException) =>
-        reject(
-          err.code === 'EADDRINUSE'
-            ? new Error(`port ${this.options.port} is taken; set AGGREGATOR_PORT to a free port`, {
-                cause: err,
-              })
-            : err,
-        ),
-      );
-      this.server.listen(this.options.port, this.options.host, resolve);
-    });
+    await listen(this.server, this.options.port, this.options.host, 'AGGREGATOR_PORT');
   }
 
   async close(): Promise<void> {

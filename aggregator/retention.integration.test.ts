@@ -331,6 +331,7 @@ describe('retention', () => {
     const writer = await LiveWriter.claim(await schemas.connect(schema), 7, NOW - 90 * MINUTE_MS);
     for (let i = 0; i < 3; i++) await writer.flushOnce();
     const quiet = Math.max(...writer.durations);
+    const quietFlushes = writer.durations.length;
 
     const retention = await schemas.connect(schema);
     const other = await schemas.connect(schema);
@@ -360,7 +361,9 @@ describe('retention', () => {
     assert.equal(skipped, undefined, 'a concurrent run is skipped');
     const [first, during] = await Promise.all([run, writes]);
     assert.ok(first !== undefined);
-    const slowest = Math.max(...writer.durations);
+    // The flushes made while retention ran; the ones before it (the first after the bulk load
+    // above may pay for a checkpoint) are the baseline.
+    const slowest = Math.max(...writer.durations.slice(quietFlushes));
     t.diagnostic(
       `retention run ${Math.round(runMs)} ms: ${JSON.stringify(first)}; ${during} flushes meanwhile, ` +
         `slowest ${Math.round(slowest)} ms (${Math.round(quiet)} ms before the run)`,
@@ -397,9 +400,10 @@ describe('retention', () => {
     assert.ok(after.includes(`window_users_p${day(DROP_BEFORE)}`));
     assert.ok(dropped.includes(`period_users_p${day(PERIOD_DROP_BEFORE - DAY_MS)}`));
     assert.ok(after.includes(`period_users_p${day(PERIOD_DROP_BEFORE)}`));
-    // Today and the two days ahead exist; only the day after tomorrow was missing.
-    assert.equal(first.partitionsCreated, 3);
-    assert.equal(second.partitionsCreated, 0);
+    // Today and the two days ahead exist; only the day after tomorrow was missing. The first
+    // run creates it unless the flushes kept its lock past lock_timeout on every attempt (a
+    // slow machine); then the next run does, as the aggregator's next hourly run would.
+    assert.equal(first.partitionsCreated + second.partitionsCreated, 3);
     // The kept days' membership is all there.
     for (const name of kept.filter((n) => OLD_DAYS.some((start) => n.endsWith(day(start))))) {
       assert.equal(await count(setup, name), ROWS_PER_DAY, name);

@@ -3,6 +3,14 @@ import { PipelineError } from '../shared/errors.js';
 import { sleep } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
 
+/**
+ * Session settings of every aggregator connection besides its search_path. JIT off: the flush's
+ * statements are short, but on tables of a few tens of thousands of rows their estimated cost
+ * passes `jit_above_cost`, and compiling them took about 2 s per flush (measured: flushes of
+ * 2.4 s against 0.12 s with it off, and a retention run of 30 s against 7 s).
+ */
+export const SESSION_OPTIONS = '-c jit=off -c idle_in_transaction_session_timeout=30000';
+
 export interface DatabaseOptions {
   url: string;
   schema: string;
@@ -42,7 +50,7 @@ export class Database {
         keepAlive: true,
         // The server ends a session stuck inside a transaction, so a dead aggregator never holds
         // row locks for long.
-        options: `-c search_path=${this.options.schema},public -c idle_in_transaction_session_timeout=30000`,
+        options: `-c search_path=${this.options.schema},public ${SESSION_OPTIONS}`,
       });
       client.on('error', (err) => {
         this.options.logger.warn({ err }, 'database connection lost');

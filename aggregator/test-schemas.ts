@@ -6,6 +6,7 @@
 import pg from 'pg';
 import { withDeadline } from '../shared/lifecycle.js';
 import { uniqueName } from '../shared/testing.js';
+import { SESSION_OPTIONS } from './database.js';
 import { migrate } from './migrations.js';
 
 export class TestSchemas {
@@ -28,7 +29,8 @@ export class TestSchemas {
   async connect(schema: string): Promise<pg.Client> {
     const client = new pg.Client({
       connectionString: this.databaseUrl,
-      options: `-c search_path=${schema},public`,
+      // As the aggregator's own connections: the flush code runs on these in-process.
+      options: `-c search_path=${schema},public ${SESSION_OPTIONS}`,
       query_timeout: 20_000,
     });
     client.on('error', () => {});

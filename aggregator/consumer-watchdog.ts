@@ -18,6 +18,7 @@ import type { Kafka } from '../shared/kafka-client.js';
 import { withDeadline } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
 import { StallDetector } from '../shared/stall-detector.js';
+import { loadStoredPositions } from '../shared/stored-positions.js';
 import type { Database } from './database.js';
 import type { AggregatorMetrics } from './metrics.js';
 import {
@@ -27,7 +28,6 @@ import {
   QuietClock,
   recordsWaiting,
 } from './partition-backlog.js';
-import { loadStoredPositions } from './partition-recovery.js';
 
 const { IsolationLevel } = kafkaJavascript.KafkaJS;
 type Admin = ReturnType<Kafka['admin']>;

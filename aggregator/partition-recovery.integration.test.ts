@@ -7,11 +7,12 @@ import assert from 'node:assert/strict';
 import { after, describe, test } from 'node:test';
 import type pg from 'pg';
 import { withDeadline } from '../shared/lifecycle.js';
+import { loadStoredPositions } from '../shared/stored-positions.js';
 import { stackFromEnv } from '../shared/testing.js';
 import { ByteStringSet } from './byte-string-set.js';
 import { writeFlush } from './copy-writer.js';
 import { LATEST_SCHEMA_VERSION, migrate } from './migrations.js';
-import { loadCheckpoint, loadStoredPositions } from './partition-recovery.js';
+import { loadCheckpoint } from './partition-recovery.js';
 import { TestSchemas } from './test-schemas.js';
 import type { WindowRow } from './window-state.js';
 

@@ -12,8 +12,8 @@ import kafkaJavascript from '@confluentinc/kafka-javascript';
 import { createKafka, type Kafka } from '../shared/kafka-client.js';
 import { withDeadline } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
+import { loadStoredPositions } from '../shared/stored-positions.js';
 import type { QueryDatabase } from './database.js';
-import { readStoredPositions } from './read-model.js';
 
 const { KafkaJS } = kafkaJavascript;
 type Admin = ReturnType<Kafka['admin']>;
@@ -103,7 +103,7 @@ export class ConsumerLag {
     );
     const positions = await withDeadline(
       this.options.database.use((db) =>
-        readStoredPositions(
+        loadStoredPositions(
           db,
           offsets.map((o) => o.partition),
           this.options.windowSeconds,
@@ -114,7 +114,8 @@ export class ConsumerLag {
     );
     let lag = 0;
     for (const { partition, high, low } of offsets) {
-      const position = positions.get(partition) ?? Number(low);
+      const stored = positions.get(partition);
+      const position = typeof stored === 'number' ? stored : Number(low);
       lag += Math.max(0, Number(high) - Math.max(position, Number(low)));
     }
     return lag;

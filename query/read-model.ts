@@ -217,26 +217,3 @@ export async function readFreshness(
     flushedAt: row?.flushed?.getTime() ?? null,
   };
 }
-
-/**
- * Each partition's first offset not reflected in the rows (the newest `through_offset` + 1),
- * for the partitions that have rows. One index lookup per partition.
- */
-export async function readStoredPositions(
-  client: ClientBase,
-  partitions: readonly number[],
-  windowSeconds: number,
-): Promise<Map<number, number>> {
-  const result = await client.query<{ partition: number; through: string | null }>(
-    `SELECT p AS partition,
-            (SELECT max(through_offset) FROM user_activity_metrics
-              WHERE source_partition = p AND window_seconds = $2) AS through
-       FROM unnest($1::int[]) AS p`,
-    [partitions, windowSeconds],
-  );
-  const positions = new Map<number, number>();
-  for (const row of result.rows) {
-    if (row.through !== null) positions.set(row.partition, Number(row.through) + 1);
-  }
-  return positions;
-}

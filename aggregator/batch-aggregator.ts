@@ -21,6 +21,13 @@ export interface BatchInput {
   values: Uint8Array;
   /** End of each record's value in `values`; -1 for a record with no value. */
   valueEnds: Int32Array;
+  /**
+   * Record keys, concatenated: the worker never reads them, it only hands back those of the
+   * records that are dead-lettered (`BatchResult.rejected`).
+   */
+  keys: Uint8Array;
+  /** End of each record's key in `keys`; -1 for a record with no key. */
+  keyEnds: Int32Array;
   /** Each record's offset. */
   offsets: Float64Array;
   /**
@@ -84,6 +91,19 @@ export interface BatchResult {
   skipped: number;
   /** Events whose `event_id` appeared earlier in the same window of this batch: not counted again. */
   duplicates: number;
+  /**
+   * The key and value of every record of `invalid` and `late`, copied out of the batch: the
+   * batch's buffers were transferred to the worker, and the dead letters need the bytes.
+   */
+  rejected: RejectedRecord[];
+}
+
+/** A record that goes to the dead-letter topic, as its bytes. */
+export interface RejectedRecord {
+  index: number;
+  offset: number;
+  key: Uint8Array | null;
+  value: Uint8Array | null;
 }
 
 const decoder = new TextDecoder('utf-8', { fatal: true });
@@ -120,6 +140,7 @@ export function aggregateBatch(input: BatchInput): BatchResult {
   const replayWindows = new Set(input.replayWindows);
   const invalid: BatchResult['invalid'] = [];
   const late: number[] = [];
+  const rejected: Array<Omit<RejectedRecord, 'key'>> = [];
   let skipped = 0;
   let duplicates = 0;
   let watermark = input.watermarkIn;
@@ -131,6 +152,7 @@ export function aggregateBatch(input: BatchInput): BatchResult {
     const appendedMs = input.timestamps[i] as number;
     const replayed = offset <= input.replayThrough;
     let outcome: ReturnType<typeof validateEvent> | { ok: false; code: string };
+    const valueStart = start;
     if (end < 0) {
       outcome = { ok: false, code: 'empty_record' };
     } else {
@@ -140,7 +162,14 @@ export function aggregateBatch(input: BatchInput): BatchResult {
     }
     if (!outcome.ok) {
       if (replayed) skipped++;
-      else invalid.push({ index: i, code: outcome.code });
+      else {
+        invalid.push({ index: i, code: outcome.code });
+        rejected.push({
+          index: i,
+          offset,
+          value: end < 0 ? null : input.values.slice(valueStart, end),
+        });
+      }
       continue;
     }
     const event = outcome.event;
@@ -154,6 +183,7 @@ export function aggregateBatch(input: BatchInput): BatchResult {
     } else {
       if (windowStart <= input.legacyFinalThrough) {
         late.push(i);
+        rejected.push({ index: i, offset, value: input.values.slice(valueStart, end) });
         continue;
       }
       // The watermark follows event time, but never past the record's receive time: a client's
@@ -216,7 +246,30 @@ export function aggregateBatch(input: BatchInput): BatchResult {
       });
     }
   }
-  return { windows: partials, watermarkOut: watermark, invalid, late, skipped, duplicates };
+  return {
+    windows: partials,
+    watermarkOut: watermark,
+    invalid,
+    late,
+    skipped,
+    duplicates,
+    rejected: rejected.map((record) => ({ ...record, key: keyOf(input, record.index) })),
+  };
+}
+
+/** Record `index`'s key, copied out of the batch (rejected records only: they are few). */
+function keyOf(input: BatchInput, index: number): Uint8Array | null {
+  const end = input.keyEnds[index] as number;
+  if (end < 0) return null;
+  let start = 0;
+  for (let i = index - 1; i >= 0; i--) {
+    const previous = input.keyEnds[i] as number;
+    if (previous >= 0) {
+      start = previous;
+      break;
+    }
+  }
+  return input.keys.slice(start, end);
 }
 
 /**
@@ -258,29 +311,136 @@ function decodeRecord(
 }
 
 /** The records of a batch, in the transferable buffers of a BatchInput. */
-export type PackedRecords = Pick<BatchInput, 'values' | 'valueEnds' | 'offsets' | 'timestamps'>;
+export type PackedRecords = Pick<
+  BatchInput,
+  'values' | 'valueEnds' | 'keys' | 'keyEnds' | 'offsets' | 'timestamps'
+>;
 
-/** Packs records (in offset order) into a BatchInput's transferable buffers. */
+/**
+ * Packs records (in offset order) into a BatchInput's transferable buffers (tests, and callers
+ * that hold records as objects; the consumer packs as it consumes, with `RecordPacker`).
+ */
 export function packRecords(
-  records: ReadonlyArray<{ offset: number; timestampMs: number; value: Uint8Array | null }>,
+  records: ReadonlyArray<{
+    offset: number;
+    timestampMs: number;
+    value: Uint8Array | null;
+    key?: Uint8Array | null;
+  }>,
 ): PackedRecords {
-  let total = 0;
-  for (const record of records) total += record.value?.byteLength ?? 0;
-  const values = new Uint8Array(total);
-  const valueEnds = new Int32Array(records.length);
-  const offsets = new Float64Array(records.length);
-  const timestamps = new Float64Array(records.length);
-  let position = 0;
-  records.forEach((record, i) => {
-    offsets[i] = record.offset;
-    timestamps[i] = Number.isFinite(record.timestampMs) ? record.timestampMs : -1;
-    if (record.value === null) {
-      valueEnds[i] = -1;
-      return;
+  const packer = new RecordPacker();
+  for (const record of records) {
+    packer.push(record.offset, record.timestampMs, record.key ?? null, record.value);
+  }
+  return packer.finish();
+}
+
+/**
+ * Builds a batch's packed buffers one record at a time, copying each key and value once into
+ * buffers that grow by doubling: the consumer's only per-record work on the main thread.
+ */
+export class RecordPacker {
+  private values: Uint8Array = new Uint8Array(64 * 1024);
+  private keys: Uint8Array = new Uint8Array(8 * 1024);
+  private valueEnds = new Int32Array(256);
+  private keyEnds = new Int32Array(256);
+  private offsets = new Float64Array(256);
+  private timestamps = new Float64Array(256);
+  private valuesUsed = 0;
+  private keysUsed = 0;
+  private count = 0;
+
+  /** Records packed so far. */
+  get length(): number {
+    return this.count;
+  }
+
+  /** Bytes of keys and values packed so far. */
+  get bytes(): number {
+    return this.valuesUsed + this.keysUsed;
+  }
+
+  /** The offset of the last record packed, or -1. */
+  get lastOffset(): number {
+    return this.count === 0 ? -1 : (this.offsets[this.count - 1] as number);
+  }
+
+  /** The first record's offset, or -1. */
+  get firstOffset(): number {
+    return this.count === 0 ? -1 : (this.offsets[0] as number);
+  }
+
+  /** The last record's Kafka timestamp, or -1. */
+  get lastTimestampMs(): number {
+    return this.count === 0 ? -1 : (this.timestamps[this.count - 1] as number);
+  }
+
+  push(
+    offset: number,
+    timestampMs: number | undefined,
+    key: Uint8Array | null,
+    value: Uint8Array | null,
+  ): void {
+    if (this.count === this.offsets.length) this.growRecords();
+    const i = this.count++;
+    this.offsets[i] = offset;
+    this.timestamps[i] =
+      timestampMs !== undefined && Number.isFinite(timestampMs) && timestampMs >= 0
+        ? timestampMs
+        : -1;
+    if (value === null) {
+      this.valueEnds[i] = -1;
+    } else {
+      if (this.valuesUsed + value.byteLength > this.values.length) {
+        this.values = grown(this.values, this.valuesUsed, this.valuesUsed + value.byteLength);
+      }
+      this.values.set(value, this.valuesUsed);
+      this.valuesUsed += value.byteLength;
+      this.valueEnds[i] = this.valuesUsed;
     }
-    values.set(record.value, position);
-    position += record.value.byteLength;
-    valueEnds[i] = position;
-  });
-  return { values, valueEnds, offsets, timestamps };
+    if (key === null) {
+      this.keyEnds[i] = -1;
+    } else {
+      if (this.keysUsed + key.byteLength > this.keys.length) {
+        this.keys = grown(this.keys, this.keysUsed, this.keysUsed + key.byteLength);
+      }
+      this.keys.set(key, this.keysUsed);
+      this.keysUsed += key.byteLength;
+      this.keyEnds[i] = this.keysUsed;
+    }
+  }
+
+  /** The packed records, trimmed to their size; the packer must not be used after. */
+  finish(): PackedRecords {
+    return {
+      values: this.values.slice(0, this.valuesUsed),
+      valueEnds: this.valueEnds.slice(0, this.count),
+      keys: this.keys.slice(0, this.keysUsed),
+      keyEnds: this.keyEnds.slice(0, this.count),
+      offsets: this.offsets.slice(0, this.count),
+      timestamps: this.timestamps.slice(0, this.count),
+    };
+  }
+
+  private growRecords(): void {
+    const size = this.offsets.length * 2;
+    const valueEnds = new Int32Array(size);
+    valueEnds.set(this.valueEnds);
+    this.valueEnds = valueEnds;
+    const keyEnds = new Int32Array(size);
+    keyEnds.set(this.keyEnds);
+    this.keyEnds = keyEnds;
+    const offsets = new Float64Array(size);
+    offsets.set(this.offsets);
+    this.offsets = offsets;
+    const timestamps = new Float64Array(size);
+    timestamps.set(this.timestamps);
+    this.timestamps = timestamps;
+  }
+}
+
+function grown(bytes: Uint8Array, used: number, needed: number): Uint8Array {
+  const next = new Uint8Array(Math.max(bytes.length * 2, needed));
+  next.set(bytes.subarray(0, used));
+  return next;
 }

@@ -5,19 +5,27 @@
  * `memcpy`s, and the main thread merges them without creating a single string.
  */
 
-/** String `i` is `bytes[ends[i - 1] ?? 0 .. ends[i])`. */
+/**
+ * String `i` is `bytes[ends[i - 1] ?? 0 .. ends[i])`; `hashes[i]` is `hashBytes` of those bytes,
+ * computed where the strings were packed (a worker), so the main thread merging them into its
+ * `ByteStringSet`s hashes nothing.
+ */
 export interface PackedStrings {
   bytes: Uint8Array;
   ends: Uint32Array;
+  hashes: Uint32Array;
 }
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
+import { hashBytes } from './byte-string-set.js';
+
 /** Appends strings as UTF-8; `finish()` returns them packed, trimmed to their size. */
 export class PackedStringsBuilder {
   private bytes = new Uint8Array(1024);
   private ends = new Uint32Array(64);
+  private hashes = new Uint32Array(64);
   private used = 0;
   private count = 0;
 
@@ -33,17 +41,26 @@ export class PackedStringsBuilder {
       grown.set(this.bytes.subarray(0, this.used));
       this.bytes = grown;
     }
+    const start = this.used;
     this.used += encoder.encodeInto(value, this.bytes.subarray(this.used)).written;
     if (this.count === this.ends.length) {
       const grown = new Uint32Array(this.ends.length * 2);
       grown.set(this.ends);
       this.ends = grown;
+      const grownHashes = new Uint32Array(this.hashes.length * 2);
+      grownHashes.set(this.hashes);
+      this.hashes = grownHashes;
     }
+    this.hashes[this.count] = hashBytes(this.bytes, start, this.used);
     this.ends[this.count++] = this.used;
   }
 
   finish(): PackedStrings {
-    return { bytes: this.bytes.slice(0, this.used), ends: this.ends.slice(0, this.count) };
+    return {
+      bytes: this.bytes.slice(0, this.used),
+      ends: this.ends.slice(0, this.count),
+      hashes: this.hashes.slice(0, this.count),
+    };
   }
 }
 

@@ -620,8 +620,11 @@ function mergePartial(site: SiteAggregate, partial: WindowPartial): number {
   for (let i = 0; i < eventIds.ends.length; i++) {
     const idEnd = eventIds.ends[i] as number;
     const userEnd = eventIdUsers.ends[i] as number;
-    if (site.eventIds.add(eventIds.bytes, idStart, idEnd)) {
-      const user = Math.abs(site.users.insert(eventIdUsers.bytes, userStart, userEnd)) - 1;
+    if (site.eventIds.add(eventIds.bytes, idStart, idEnd, eventIds.hashes[i])) {
+      const user =
+        Math.abs(
+          site.users.insert(eventIdUsers.bytes, userStart, userEnd, eventIdUsers.hashes[i]),
+        ) - 1;
       if (site.events === site.pageViewFlags.length) growEventArrays(site);
       const pageView = eventIdPageViews[i] as number;
       site.pageViewFlags[site.events] = pageView;

@@ -12,7 +12,7 @@
  * decides exactly as the first pass did.
  */
 import { DEFAULT_SITE, PAGE_VIEW, validateEvent } from '../shared/event-schema.js';
-import { type PackedStrings, PackedStringsBuilder } from './packed-strings.js';
+import { type PackedStrings, PackedStringsBuilder, withCapacity } from './packed-strings.js';
 
 /** One partition's batch, packed so that the buffers can be transferred to a worker. */
 export interface BatchInput {
@@ -391,20 +391,14 @@ export class RecordPacker {
     if (value === null) {
       this.valueEnds[i] = -1;
     } else {
-      if (this.valuesUsed + value.byteLength > this.values.length) {
-        this.values = grown(this.values, this.valuesUsed, this.valuesUsed + value.byteLength);
-      }
-      this.values.set(value, this.valuesUsed);
+      this.values = appended(this.values, this.valuesUsed, value);
       this.valuesUsed += value.byteLength;
       this.valueEnds[i] = this.valuesUsed;
     }
     if (key === null) {
       this.keyEnds[i] = -1;
     } else {
-      if (this.keysUsed + key.byteLength > this.keys.length) {
-        this.keys = grown(this.keys, this.keysUsed, this.keysUsed + key.byteLength);
-      }
-      this.keys.set(key, this.keysUsed);
+      this.keys = appended(this.keys, this.keysUsed, key);
       this.keysUsed += key.byteLength;
       this.keyEnds[i] = this.keysUsed;
     }
@@ -424,23 +418,19 @@ export class RecordPacker {
 
   private growRecords(): void {
     const size = this.offsets.length * 2;
-    const valueEnds = new Int32Array(size);
-    valueEnds.set(this.valueEnds);
-    this.valueEnds = valueEnds;
-    const keyEnds = new Int32Array(size);
-    keyEnds.set(this.keyEnds);
-    this.keyEnds = keyEnds;
-    const offsets = new Float64Array(size);
-    offsets.set(this.offsets);
-    this.offsets = offsets;
-    const timestamps = new Float64Array(size);
-    timestamps.set(this.timestamps);
-    this.timestamps = timestamps;
+    this.valueEnds = withCapacity(this.valueEnds, size);
+    this.keyEnds = withCapacity(this.keyEnds, size);
+    this.offsets = withCapacity(this.offsets, size);
+    this.timestamps = withCapacity(this.timestamps, size);
   }
 }
 
-function grown(bytes: Uint8Array, used: number, needed: number): Uint8Array {
-  const next = new Uint8Array(Math.max(bytes.length * 2, needed));
-  next.set(bytes.subarray(0, used));
-  return next;
+/** `bytes` with `item` written at `used`: the same buffer, or a doubled one when it is full. */
+function appended(bytes: Uint8Array, used: number, item: Uint8Array): Uint8Array {
+  const target =
+    used + item.byteLength > bytes.length
+      ? withCapacity(bytes, Math.max(bytes.length * 2, used + item.byteLength), used)
+      : bytes;
+  target.set(item, used);
+  return target;
 }

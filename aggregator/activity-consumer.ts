@@ -1,22 +1,41 @@
-import kafkaJavascript, { type KafkaJS } from '@confluentinc/kafka-javascript';
+import type { Assignment, Message } from '@confluentinc/kafka-javascript';
 import type { Kafka } from '../shared/kafka-client.js';
 import { sleep, withDeadline } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
 import type { Aggregation } from './aggregation.js';
+import type { RecordPacker } from './batch-aggregator.js';
 import { ConsumerWatchdog, type Excuses, type WatchedConsumer } from './consumer-watchdog.js';
 import type { Database } from './database.js';
 import type { AggregatorMetrics } from './metrics.js';
+import {
+  ASSIGN_PARTITIONS,
+  CONSUME_MAX_MESSAGES,
+  connectAndSubscribe,
+  consumeBatch,
+  createNativeConsumer,
+  leave,
+  type RdConsumer,
+  REVOKE_PARTITIONS,
+} from './native-consumer.js';
 import type { PartitionEnd, Position } from './partition-backlog.js';
+import { type Feed, OFFSET_BEGINNING, PartitionFeeds } from './partition-feeds.js';
 import { claimPartition } from './partition-recovery.js';
 
-const { ErrorCodes, PartitionAssigners } = kafkaJavascript.KafkaJS;
-type Consumer = ReturnType<Kafka['consumer']>;
-type TopicPartition = { topic: string; partition: number; offset?: number };
+type Consumer = RdConsumer;
 
-/** librdkafka's logical offset for "the beginning of the partition". */
-const OFFSET_BEGINNING = -2;
-/** How long a clean stop waits for the last monitoring commit. */
-const COMMIT_WAIT_ON_CLOSE_MS = 3_000;
+/**
+ * Bytes of consumed records packed and waiting for their partition's turn at a worker, at most:
+ * past it the loop stops calling `consume` until a batch is done (librdkafka's own prefetch is
+ * bounded by `QUEUED_MAX_KBYTES`). Twice a large batch's worth per worker: enough that a worker
+ * never waits for the main thread, measured in bench/RESULTS.md.
+ */
+const MAX_WAITING_BYTES = 8 * 1024 * 1024;
+/** After a failed `consume` call (the broker gone, a partition's error), before the next. */
+const CONSUME_ERROR_BACKOFF_MS = 200;
+/** A batch that failed (its dead letters could not be produced) is read again after this. */
+const BATCH_RETRY_DELAY_MS = 1_000;
+/** How long stopping waits for the consume call in flight (it returns within 200 ms). */
+const CONSUME_CALL_DEADLINE_MS = 5_000;
 /** The seed's write policy: 3 attempts with backoff, then pause and keep trying. */
 const WRITE_BACKOFF_MS = [500, 1000, 2000];
 /** Reads of a partition's checkpoint before the process gives up, and the pause between them. */
@@ -40,6 +59,7 @@ const REPLACE_EMPTY_HANDED_DEADLINE_MS = 3_000;
 const MAX_LEFT_BEHIND = 4;
 
 export interface ActivityConsumerOptions {
+  brokers: readonly string[];
   topic: string;
   consumerGroup: string;
   /** A member silent for this long (crashed, stopped) loses its partitions to the others. */
@@ -65,8 +85,13 @@ export interface ActivityConsumerOptions {
 
 /**
  * Consumes the activity topic in a consumer group (cooperative-sticky assignment) and feeds the
- * aggregation. Positions come from PostgreSQL on every assignment; revoked partitions are
- * flushed before they go. Flushes run every `flushIntervalMs`, after `batchSize` records and on
+ * aggregation, on the client's native API (`native-consumer.ts`): a loop calls `consume(n)`,
+ * copies each record's key, value, offset and timestamp into its partition's packed buffers
+ * (`RecordPacker`) and nothing more, and hands each partition's packed records to a worker, one
+ * batch per partition at a time and up to `concurrency` partitions at once. Records packed but
+ * not yet at a worker are bounded (`MAX_WAITING_BYTES`): past it the loop waits for a batch to
+ * finish. Positions come from PostgreSQL on every assignment, given with it; revoked partitions
+ * are flushed before they go. Flushes run every `flushIntervalMs`, after `batchSize` records and on
  * shutdown; offsets are committed to Kafka after each flush, for lag monitoring only.
  *
  * When writes keep failing, consumption pauses with the state kept, the consumer reports
@@ -103,6 +128,14 @@ export class ActivityConsumer implements WatchedConsumer {
   private replacing: Promise<void> | undefined;
   /** Replaced consumers that did not manage to leave the group, while they keep trying. */
   private readonly leftBehind = new Set<Consumer>();
+  /** Each assigned partition's records between `consume` and a worker. */
+  private readonly feeds = new PartitionFeeds();
+  /** Rebalance callbacks run one after another, in the order librdkafka gave them. */
+  private rebalances: Promise<void> = Promise.resolve();
+  /** The current consumer's loop, and the `consume` call it waits for. */
+  private loop: Promise<void> | undefined;
+  private consuming: Promise<unknown> | undefined;
+  private lastConsumeErrorLogMs = 0;
   private writesOk = true;
   private pausedFor = new Set<'database'>();
   /**
@@ -117,11 +150,9 @@ export class ActivityConsumer implements WatchedConsumer {
    */
   private backgroundFlush: Promise<void> | undefined;
   private stopping = false;
-  /** The monitoring commit in flight, if any (see `commitForMonitoring`). */
-  private commit: Promise<void> | undefined;
 
   constructor(
-    private readonly kafka: Kafka,
+    kafka: Kafka,
     private readonly aggregation: Aggregation,
     private readonly db: Database,
     private readonly options: ActivityConsumerOptions,
@@ -152,41 +183,37 @@ export class ActivityConsumer implements WatchedConsumer {
   private createConsumer(): Consumer {
     const generation = ++this.generation;
     this.consumerGeneration = generation;
-    return this.kafka.consumer({
-      kafkaJS: {
+    const consumer: Consumer = createNativeConsumer(
+      {
+        brokers: this.options.brokers,
+        clientId: 'aggregator',
         groupId: this.options.consumerGroup,
-        autoCommit: false,
-        partitionAssigners: [PartitionAssigners.cooperativeSticky],
-        sessionTimeout: this.options.sessionTimeoutMs,
-        // Several heartbeats per session, as the broker expects (librdkafka's default is 3 s).
-        heartbeatInterval: Math.min(3000, Math.floor(this.options.sessionTimeoutMs / 3)),
+        sessionTimeoutMs: this.options.sessionTimeoutMs,
+        offsetReset: this.options.offsetReset,
+        onRebalance: (code, assignment) => {
+          // A replaced consumer is leaving: what it is given or takes is no longer ours to track
+          // (the client's default applies), and what it held was flushed and forgotten.
+          if (generation !== this.generation) {
+            applyAssignment(consumer, code, assignment);
+            return;
+          }
+          this.rebalancing++;
+          const run = this.rebalances.then(() =>
+            // Replaced while earlier rebalances ran: as above.
+            generation === this.generation
+              ? this.onRebalance(consumer, code, assignment)
+              : applyAssignment(consumer, code, assignment),
+          );
+          this.rebalances = run
+            .catch((err: unknown) => this.logger.error({ err }, 'rebalance callback failed'))
+            .finally(() => {
+              this.rebalancing--;
+            });
+        },
       },
-      // The default of 32 is too small to be worth a worker round trip.
-      'js.consumer.max.batch.size': 2000,
-      // A position no longer in the topic (retention passed it, the topic was recreated) must
-      // not be skipped silently: librdkafka's default jumps to the end. 'error' stops fetching
-      // that partition; the watchdog's look finds it and says so (see noteEnds).
-      'auto.offset.reset': this.options.offsetReset === 'earliest' ? 'earliest' : 'error',
-      // librdkafka's prefetch, at most (default 64 MiB): 16 MiB is tens of thousands of events,
-      // seconds of work at the aggregator's rate, and 48 MiB less resident memory when catching up.
-      'queued.max.messages.kbytes': 16_384,
-      // The client fetches ahead into a cache of JavaScript message objects sized for this much
-      // consumption (default 1,500 ms: about 100,000 objects when catching up). Objects that wait
-      // that long outlive the young generation and are promoted, so a catch-up fills the old
-      // generation and the allocator with garbage; 200 ms of messages keeps that small.
-      'js.consumer.max.cache.size.per.worker.ms': 200,
-      rebalance_cb: async (err: KafkaJS.LibrdKafkaError, assignment: TopicPartition[]) => {
-        // A replaced consumer is leaving: what it is given or takes is no longer ours to track
-        // (the client's default applies), and what it held was flushed and forgotten.
-        if (generation !== this.generation) return undefined;
-        this.rebalancing++;
-        try {
-          return await this.onRebalance(err, assignment);
-        } finally {
-          this.rebalancing--;
-        }
-      },
-    });
+      this.logger,
+    );
+    return consumer;
   }
 
   /** False while writes to PostgreSQL keep failing. */
@@ -219,45 +246,126 @@ export class ActivityConsumer implements WatchedConsumer {
       });
   }
 
-  /** Connects the current consumer, subscribes and starts delivering batches. */
+  /** Connects the current consumer, subscribes and starts its consume loop. */
   private async runConsumer(): Promise<void> {
     const generation = this.generation;
-    await this.consumer.connect();
-    await this.consumer.subscribe({ topics: [this.options.topic] });
-    await this.consumer.run({
-      partitionsConsumedConcurrently: Math.max(1, this.options.concurrency),
-      eachBatch: async ({ batch }) => {
-        if (this.stopping || generation !== this.generation) return;
-        this.deliveries++;
-        this.noteSkipped(batch);
-        const last = batch.messages.at(-1);
-        if (last !== undefined) this.positions.set(batch.partition, Number(last.offset) + 1);
-        const work = this.applyBatch(batch);
-        this.batchesInHand.add(work);
-        try {
-          await work;
-        } finally {
-          this.batchesInHand.delete(work);
-        }
-      },
-    });
+    const consumer = this.consumer;
+    await connectAndSubscribe(consumer, this.options.topic);
+    this.loop = this.consumeLoop(consumer, generation).catch((err: unknown) =>
+      this.logger.error({ err }, 'the consume loop failed'),
+    );
   }
 
-  private async applyBatch(batch: KafkaJS.Batch): Promise<void> {
-    await this.aggregation.apply(
-      batch.partition,
-      batch.messages.map((message) => ({
-        offset: Number(message.offset),
-        key: message.key,
-        value: message.value,
-        timestampMs: Number(message.timestamp),
-      })),
+  /**
+   * `consume(n)` in a loop until the consumer is stopped or replaced. Each call's rebalance
+   * callbacks (librdkafka serves them inside the call) run before its records are taken, so a
+   * record is packed only into the feed of the assignment it was fetched under.
+   */
+  private async consumeLoop(consumer: Consumer, generation: number): Promise<void> {
+    const current = () => !this.stopping && generation === this.generation;
+    while (current()) {
+      await this.roomToConsume(current);
+      if (!current()) break;
+      const resetBefore = this.feeds.sequence;
+      let messages: Message[];
+      const call = consumeBatch(consumer, CONSUME_MAX_MESSAGES);
+      this.consuming = call;
+      try {
+        messages = await call;
+      } catch (err) {
+        this.noteConsumeError(err);
+        await sleep(CONSUME_ERROR_BACKOFF_MS);
+        continue;
+      } finally {
+        this.consuming = undefined;
+      }
+      // The rebalance events of this call reach JavaScript on their own; let them in first.
+      await new Promise((resolve) => setImmediate(resolve));
+      await this.rebalances;
+      if (!current()) break;
+      if (messages.length === 0) {
+        this.dispatch();
+        continue;
+      }
+      this.deliveries++;
+      this.take(messages, resetBefore);
+      this.dispatch();
+    }
+  }
+
+  /** Waits while the records packed and waiting for a worker pass MAX_WAITING_BYTES. */
+  private async roomToConsume(current: () => boolean): Promise<void> {
+    while (this.feeds.waitingBytes >= MAX_WAITING_BYTES && current()) {
+      this.dispatch();
+      if (this.batchesInHand.size > 0) await Promise.race(this.batchesInHand);
+      else await sleep(50);
+    }
+  }
+
+  /** Packs each record into its partition's feed (`PartitionFeeds.take`). */
+  private take(messages: readonly Message[], resetBefore: number): void {
+    const taken = this.feeds.take(messages, resetBefore, (partition, expected, offset) =>
+      this.noteSkipped(partition, expected, offset),
     );
-    const last = batch.messages.at(-1);
-    if (last !== undefined) {
-      const lag = Math.max(0, Number(batch.highWatermark) - Number(last.offset) - 1);
-      this.metrics.partitionLag.set({ partition: String(batch.partition) }, lag);
-      this.aggregation.noteBacklog(batch.partition, lag);
+    if (taken.redelivered > 0) this.metrics.redelivered.inc(taken.redelivered);
+    // Dropped as fetched before their position was set anew: read again from the feed's end.
+    for (const partition of taken.stale) this.seek(partition);
+    for (const partition of this.feeds.partitions) {
+      const feed = this.feeds.get(partition);
+      if (feed?.packer !== undefined) this.positions.set(partition, feed.lastPacked + 1);
+    }
+  }
+
+  /**
+   * Hands waiting feeds to the workers, the longest waiting first, while fewer than
+   * `concurrency` batches are in hand; one batch per partition at a time.
+   */
+  private dispatch(): void {
+    const limit = Math.max(1, this.options.concurrency);
+    const nowMs = Date.now();
+    while (this.batchesInHand.size < limit) {
+      const next = this.feeds.next(nowMs);
+      if (next === undefined) return;
+      const { partition, feed, packer } = next;
+      const work: Promise<void> = this.applyBatch(partition, feed, packer).finally(() => {
+        this.batchesInHand.delete(work);
+        feed.inHand = undefined;
+        if (!this.stopping) this.dispatch();
+      });
+      feed.inHand = work;
+      this.batchesInHand.add(work);
+    }
+  }
+
+  /** One partition's batch through the aggregation; never rejects. */
+  private async applyBatch(partition: number, feed: Feed, packer: RecordPacker): Promise<void> {
+    const lastOffset = packer.lastOffset;
+    try {
+      await this.aggregation.apply(partition, {
+        count: packer.length,
+        firstOffset: packer.firstOffset,
+        lastOffset,
+        lastTimestampMs: packer.lastTimestampMs,
+        records: packer.finish(),
+      });
+    } catch (err) {
+      // Nothing of the batch was applied (its dead letters could not be produced, say): it is
+      // read again, from the first record not applied.
+      if (this.feeds.get(partition) === feed) {
+        this.logger.warn({ err, partition }, 'a batch failed; reading it again');
+        const through = this.aggregation.appliedThrough(partition) ?? -1;
+        this.feeds.rewind(partition, through, Date.now() + BATCH_RETRY_DELAY_MS);
+        this.seek(partition);
+      }
+      return;
+    }
+    try {
+      const { highOffset } = this.consumer.getWatermarkOffsets(this.options.topic, partition);
+      const lag = Math.max(0, highOffset - lastOffset - 1);
+      this.metrics.partitionLag.set({ partition: String(partition) }, lag);
+      this.aggregation.noteBacklog(partition, lag);
+    } catch {
+      // No end known yet for this partition: the watchdog's look refreshes the gauge.
     }
     if (this.aggregation.heldIds > this.options.maxHeldUserIds) {
       // Write the oldest windows with their membership and let them go. The flush is awaited:
@@ -269,6 +377,27 @@ export class ActivityConsumer implements WatchedConsumer {
       // MAX_HELD_USER_IDS, whose flush (above) is awaited.
       this.flushInBackground();
     }
+  }
+
+  /** Makes librdkafka read the partition from where its feed stands (`seekOffset`). */
+  private seek(partition: number): void {
+    const feed = this.feeds.get(partition);
+    if (feed === undefined) return;
+    const offset = this.feeds.seekOffset(feed);
+    if (offset >= 0) this.positions.set(partition, offset);
+    try {
+      this.consumer.seek({ topic: this.options.topic, partition, offset }, 0, () => {});
+    } catch (err) {
+      this.logger.warn({ err, partition, offset }, 'seek failed');
+    }
+  }
+
+  /** A failed `consume` call: said at most every 30 s (the loop tries again at once). */
+  private noteConsumeError(err: unknown): void {
+    const nowMs = Date.now();
+    if (nowMs - this.lastConsumeErrorLogMs < 30_000) return;
+    this.lastConsumeErrorLogMs = nowMs;
+    this.logger.warn({ err }, 'consume failed; trying again');
   }
 
   /**
@@ -305,26 +434,19 @@ export class ActivityConsumer implements WatchedConsumer {
 
   /**
    * Commits the offsets the rows reflect, for lag monitoring only (positions on assignment come
-   * from PostgreSQL). Never awaited: the client's commit is synchronous librdkafka on a libuv
-   * thread, and with the coordinator gone (a broker frozen and fenced on resumption) it can wait
-   * for minutes. Awaited, it held the flush, the batch that triggered the flush, and with it all
-   * consumption — a chaos run saw the aggregator stop for good after a broker stall. At most one
-   * commit is in flight; a newer one waits for the next flush.
+   * from PostgreSQL). librdkafka's asynchronous commit: nothing waits for it, so a coordinator
+   * that is gone (a broker frozen and fenced on resumption) can hold no flush and no batch.
    */
   private commitForMonitoring(reflected: Map<number, number>): void {
-    if (this.commit !== undefined) return;
-    this.commit = this.consumer
-      .commitOffsets(
-        [...reflected].map(([partition, offset]) => ({
-          topic: this.options.topic,
-          partition,
-          offset: String(offset + 1),
-        })),
-      )
-      .catch((err: unknown) => this.logger.debug({ err }, 'offset commit for monitoring failed'))
-      .finally(() => {
-        this.commit = undefined;
-      });
+    const offsets = [...reflected]
+      .filter(([partition]) => this.feeds.has(partition))
+      .map(([partition, offset]) => ({ topic: this.options.topic, partition, offset: offset + 1 }));
+    if (offsets.length === 0) return;
+    try {
+      this.consumer.commit(offsets);
+    } catch (err) {
+      this.logger.debug({ err }, 'offset commit for monitoring failed');
+    }
   }
 
   /**
@@ -374,7 +496,7 @@ export class ActivityConsumer implements WatchedConsumer {
       const gone = position < end.low && this.options.offsetReset === 'stop';
       if (!pastEnd && !gone) continue;
       this.stoppedPartitions.add(partition);
-      this.consumer.pause([{ topic: this.options.topic, partitions: [partition] }]);
+      this.pausePartitions([partition]);
       this.metrics.offsetsMissing.set({ partition: String(partition) }, 1);
       this.logger.error(
         {
@@ -402,22 +524,20 @@ export class ActivityConsumer implements WatchedConsumer {
   }
 
   /**
-   * A batch that starts past the partition's stored position skipped records that were never
-   * counted: librdkafka moved on to the earliest offset (OFFSET_RESET=earliest) because retention
-   * had removed them. Records between the reading position and the stored position were counted
-   * already (they were only to rebuild open windows): losing them skips nothing.
+   * A record past the partition's stored position that does not follow the one before skipped
+   * records that were never counted: librdkafka moved on to the earliest offset
+   * (OFFSET_RESET=earliest) because retention had removed them. Records between the reading
+   * position and the stored position were counted already (they were only to rebuild open
+   * windows): losing them skips nothing.
    */
-  private noteSkipped(batch: KafkaJS.Batch): void {
-    const position = this.positions.get(batch.partition);
-    const first = batch.messages[0];
-    if (first === undefined || position === undefined || position === 'beginning') return;
-    const from = Math.max(position, this.storedPositions.get(batch.partition) ?? position);
-    const skipped = Number(first.offset) - from;
+  private noteSkipped(partition: number, expected: number, offset: number): void {
+    const from = Math.max(expected, this.storedPositions.get(partition) ?? expected);
+    const skipped = offset - from;
     // One offset can be a transaction's commit marker; more is a gap.
     if (skipped <= 1) return;
-    this.metrics.offsetsSkipped.inc({ partition: String(batch.partition) }, skipped);
+    this.metrics.offsetsSkipped.inc({ partition: String(partition) }, skipped);
     this.logger.error(
-      { partition: batch.partition, position: from, resumedAt: Number(first.offset), skipped },
+      { partition, position: from, resumedAt: offset, skipped },
       'records were skipped: the stored position was no longer in the topic',
     );
   }
@@ -455,12 +575,15 @@ export class ActivityConsumer implements WatchedConsumer {
    */
   private async replaceConsumer(): Promise<void> {
     const old = this.consumer;
-    // From here on, the old consumer's batches and rebalances are ignored.
+    const oldLoop = this.loop;
+    // From here on, the old consumer's records and rebalances are ignored.
     this.generation++;
+    this.feeds.dropAllWaiting();
     await Promise.allSettled(this.batchesInHand);
     await this.flush().catch(() => {});
     const held = [...this.positions.keys()];
-    const leaving = old.disconnect();
+    await this.loopEnded(oldLoop);
+    const leaving = leave(old);
     if (held.length === 0) {
       this.watchLeaving(old, leaving);
     } else {
@@ -474,8 +597,8 @@ export class ActivityConsumer implements WatchedConsumer {
     this.forget(held);
     if (this.stopping) return;
     this.consumer = this.createConsumer();
+    // Paused for the database, it stays paused: its partitions are paused as they come.
     await this.runConsumer();
-    if (this.pausedFor.size > 0) this.consumer.pause([{ topic: this.options.topic }]);
     this.logger.info('consumer replaced');
   }
 
@@ -523,26 +646,32 @@ export class ActivityConsumer implements WatchedConsumer {
     // and the old one gone or leaving on its own: there is no consumer to pause or disconnect.
     await this.replacing?.catch(() => {});
     const running = this.consumerGeneration === this.generation;
-    if (running) this.consumer.pause([{ topic: this.options.topic }]);
+    if (running) this.pausePartitions(this.feeds.partitions);
+    await this.loopEnded(this.loop);
     await Promise.allSettled(this.batchesInHand);
     try {
+      // The final flush, and with it the last monitoring commit, so that lag reads 0.
       await this.flush();
-      // The last monitoring commit, so that lag reads 0 after a clean stop; bounded, as above.
-      if (this.commit !== undefined) {
-        await withDeadline(this.commit, COMMIT_WAIT_ON_CLOSE_MS, 'the last offset commit').catch(
-          () => {},
-        );
-      }
     } finally {
-      if (running) await this.consumer.disconnect();
+      if (running) await leave(this.consumer);
     }
+  }
+
+  /** Waits (bounded) for a consume loop to see that it must stop, and for its last call. */
+  private async loopEnded(loop: Promise<void> | undefined): Promise<void> {
+    const call = this.consuming;
+    await withDeadline(
+      Promise.allSettled([loop, call]),
+      CONSUME_CALL_DEADLINE_MS,
+      'the last consume call',
+    ).catch((err: unknown) => this.logger.warn({ err }, 'the consume loop did not stop in time'));
   }
 
   private pause(reason: 'database'): void {
     if (this.pausedFor.has(reason)) return;
     this.pausedFor.add(reason);
     this.logger.warn({ reason }, 'consumption paused');
-    this.consumer.pause([{ topic: this.options.topic }]);
+    this.pausePartitions(this.feeds.partitions);
     this.metrics.consumptionPaused.set(1);
   }
 
@@ -550,12 +679,28 @@ export class ActivityConsumer implements WatchedConsumer {
     if (!this.pausedFor.delete(reason) || this.pausedFor.size > 0 || this.stopping) return;
     this.logger.info('consumption resumed');
     this.aggregation.restartIdleClocks(Date.now());
-    this.consumer.resume([{ topic: this.options.topic }]);
     // Stopped partitions stay paused: they wait for an operator, not for the database.
-    if (this.stoppedPartitions.size > 0) {
-      this.consumer.pause([{ topic: this.options.topic, partitions: [...this.stoppedPartitions] }]);
+    const partitions = this.feeds.partitions.filter((p) => !this.stoppedPartitions.has(p));
+    try {
+      this.consumer.resume(
+        partitions.map((partition) => ({ topic: this.options.topic, partition })),
+      );
+    } catch (err) {
+      this.logger.warn({ err }, 'resume failed');
     }
     this.metrics.consumptionPaused.set(0);
+  }
+
+  /** Stops fetching these partitions (records already packed still go to the workers). */
+  private pausePartitions(partitions: readonly number[]): void {
+    if (partitions.length === 0) return;
+    try {
+      this.consumer.pause(
+        partitions.map((partition) => ({ topic: this.options.topic, partition })),
+      );
+    } catch (err) {
+      this.logger.warn({ err, partitions }, 'pause failed');
+    }
   }
 
   /**
@@ -564,43 +709,63 @@ export class ActivityConsumer implements WatchedConsumer {
    * revoked partitions, then forget them.
    */
   private async onRebalance(
-    err: KafkaJS.LibrdKafkaError,
-    assignment: TopicPartition[],
-  ): Promise<TopicPartition[] | undefined> {
-    if (err.code === ErrorCodes.ERR__ASSIGN_PARTITIONS) {
+    consumer: Consumer,
+    code: number,
+    assignment: Assignment[],
+  ): Promise<void> {
+    if (code === ASSIGN_PARTITIONS) {
       this.metrics.rebalances.inc({ type: 'assign' });
-      const positioned: TopicPartition[] = [];
+      const positioned: Assignment[] = [];
       for (const tp of assignment) {
         const checkpoint = await this.loadCheckpointOrExit(tp.partition);
         this.aggregation.assign(tp.partition, checkpoint);
-        positioned.push({ ...tp, offset: checkpoint.replayFrom ?? OFFSET_BEGINNING });
+        positioned.push({
+          topic: tp.topic,
+          partition: tp.partition,
+          offset: checkpoint.replayFrom ?? OFFSET_BEGINNING,
+        });
+        this.feeds.assign(
+          tp.partition,
+          this.aggregation.appliedThrough(tp.partition) ?? -1,
+          checkpoint.replayFrom === null,
+        );
         this.positions.set(tp.partition, checkpoint.replayFrom ?? 'beginning');
         this.assignedAtMs.set(tp.partition, Date.now());
         if (checkpoint.resumeFrom === null) this.storedPositions.delete(tp.partition);
         else this.storedPositions.set(tp.partition, checkpoint.resumeFrom);
         this.logger.info({ partition: tp.partition, ...checkpoint }, 'partition assigned');
       }
-      return positioned;
+      applyAssignment(consumer, code, positioned);
+      // Paused for the database (or stopping): new partitions wait too.
+      if (this.pausedFor.size > 0 || this.stopping) {
+        this.pausePartitions(positioned.map((tp) => tp.partition));
+      }
+      return;
     }
-    if (err.code === ErrorCodes.ERR__REVOKE_PARTITIONS) {
+    if (code === REVOKE_PARTITIONS) {
       this.metrics.rebalances.inc({ type: 'revoke' });
       const partitions = assignment.map((tp) => tp.partition);
-      // Batches of these partitions still in a worker finish first; their flush follows.
+      // What waits for a worker goes unapplied (the next owner reads it again); batches of these
+      // partitions still in a worker finish first, and their flush follows.
+      for (const partition of partitions) this.feeds.dropWaiting(partition);
       await Promise.allSettled(this.batchesInHand);
       await this.flush(partitions).catch((flushErr: unknown) =>
         // Not lost: the next owner rebuilds from PostgreSQL and the topic.
         this.logger.warn({ err: flushErr, partitions }, 'flush on revoke failed'),
       );
       this.forget(partitions);
+      applyAssignment(consumer, code, assignment);
       this.logger.info({ partitions }, 'partitions revoked');
+      return;
     }
-    return undefined;
+    this.logger.warn({ code }, 'rebalance error');
   }
 
   /** Drops the state, position and lag series of partitions this consumer no longer owns. */
   private forget(partitions: readonly number[]): void {
     this.aggregation.drop(partitions);
     for (const partition of partitions) {
+      this.feeds.delete(partition);
       this.positions.delete(partition);
       this.storedPositions.delete(partition);
       this.assignedAtMs.delete(partition);
@@ -631,5 +796,25 @@ export class ActivityConsumer implements WatchedConsumer {
         await sleep(CHECKPOINT_RETRY_DELAY_MS);
       }
     }
+  }
+}
+
+/**
+ * Gives librdkafka the assignment change of a rebalance event: incremental under the
+ * cooperative protocol, the whole assignment under the eager one. A consumer that is no longer
+ * connected (leaving) has nothing to change.
+ */
+function applyAssignment(consumer: Consumer, code: number, assignment: Assignment[]): void {
+  try {
+    const cooperative = consumer.rebalanceProtocol() === 'COOPERATIVE';
+    if (code === ASSIGN_PARTITIONS) {
+      if (cooperative) consumer.incrementalAssign(assignment);
+      else consumer.assign(assignment);
+    } else if (code === REVOKE_PARTITIONS) {
+      if (cooperative) consumer.incrementalUnassign(assignment);
+      else consumer.unassign();
+    }
+  } catch {
+    // Not connected any more: the group has moved on without this consumer.
   }
 }

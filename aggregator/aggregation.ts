@@ -1,4 +1,4 @@
-import { packRecords } from './batch-aggregator.js';
+import type { PackedRecords } from './batch-aggregator.js';
 import {
   type FlushOutcome,
   type PauseBeforeCommit,
@@ -13,13 +13,14 @@ import { membershipHorizon } from './retention.js';
 import { type PartitionFlush, PartitionWindows } from './window-state.js';
 import type { WorkerPool } from './worker-pool.js';
 
-/** One consumed record, as the aggregation needs it. */
-export interface ConsumedRecord {
-  offset: number;
-  key: Buffer | null;
-  value: Buffer | null;
-  /** The Kafka timestamp: ingest's receive time. */
-  timestampMs: number;
+/** One partition's consumed records, packed as they were consumed (`RecordPacker`). */
+export interface PackedBatch {
+  records: PackedRecords;
+  count: number;
+  firstOffset: number;
+  lastOffset: number;
+  /** The last record's Kafka timestamp (ingest's receive time), -1 if it has none. */
+  lastTimestampMs: number;
 }
 
 export interface AggregationOptions {
@@ -105,46 +106,48 @@ export class Aggregation {
     return this.partitions.has(partition);
   }
 
-  /** Applies one partition's batch (offset order). */
-  async apply(partition: number, delivered: readonly ConsumedRecord[]): Promise<void> {
+  /**
+   * The last offset applied to `partition`'s windows, -1 before any (undefined: not assigned).
+   * The consumer packs only records past it: the client can deliver records again that were
+   * already applied, and applying them twice would count them twice.
+   */
+  appliedThrough(partition: number): number | undefined {
+    return this.partitions.get(partition)?.throughOffset;
+  }
+
+  /** Applies one partition's batch (offset order, every record past `appliedThrough`). */
+  async apply(partition: number, batch: PackedBatch): Promise<void> {
     const windows = this.partitions.get(partition);
-    if (windows === undefined || delivered.length === 0) return;
-    // The client can deliver records again that were already applied (seen after a pause during
-    // a batch: the fetch restarts from the batch's start). Applying them twice would count them
-    // twice; offsets say which ones are new.
-    const through = windows.throughOffset;
-    const records =
-      (delivered[0] as ConsumedRecord).offset > through
-        ? delivered
-        : delivered.filter((record) => record.offset > through);
-    this.metrics.redelivered.inc(delivered.length - records.length);
-    if (records.length === 0) return;
-    windows.noteReplayStart((records[0] as ConsumedRecord).offset);
+    if (windows === undefined || batch.count === 0) return;
+    if (batch.firstOffset <= windows.throughOffset) {
+      throw new Error(
+        `partition ${partition}: batch from ${batch.firstOffset} overlaps what was applied (${windows.throughOffset})`,
+      );
+    }
+    windows.noteReplayStart(batch.firstOffset);
     const stopTimer = this.metrics.workerTaskDuration.startTimer();
     const result = await this.pool.run(
-      windows.batchInput(
-        packRecords(records),
-        membershipHorizon(Date.now(), this.options.maxAgeMs),
-      ),
+      windows.batchInput(batch.records, membershipHorizon(Date.now(), this.options.maxAgeMs)),
     );
     stopTimer();
 
     const letters: DeadLetter[] = [];
-    const letter = (index: number, reason: string): void => {
-      const record = records[index] as ConsumedRecord;
-      letters.push({
-        key: record.key,
-        value: record.value,
-        reason,
-        partition,
-        offset: record.offset,
-      });
-    };
-    for (const { index, code } of result.invalid) {
-      letter(index, code);
-      this.metrics.recordsInvalid.inc({ reason: code });
+    if (result.rejected.length > 0) {
+      const codes = new Map<number, string>();
+      for (const { index, code } of result.invalid) {
+        codes.set(index, code);
+        this.metrics.recordsInvalid.inc({ reason: code });
+      }
+      for (const record of result.rejected) {
+        letters.push({
+          key: record.key === null ? null : bufferOf(record.key),
+          value: record.value === null ? null : bufferOf(record.value),
+          reason: codes.get(record.index) ?? 'late',
+          partition,
+          offset: record.offset,
+        });
+      }
     }
-    for (const index of result.late) letter(index, 'late');
     this.metrics.recordsLate.inc(result.late.length);
     // The broker must have them before their offsets can be flushed as consumed.
     await this.deadLetters.send(letters);
@@ -152,14 +155,13 @@ export class Aggregation {
 
     // The partition may have been revoked while the worker ran: its state is gone, drop the batch.
     if (this.partitions.get(partition) !== windows) return;
-    const last = records[records.length - 1] as ConsumedRecord;
-    const merged = windows.merge(result, last.offset);
+    const merged = windows.merge(result, batch.lastOffset);
     const duplicates = result.duplicates + merged.duplicates;
     this.metrics.closedWindowRecords.inc(merged.closed);
-    this.newestReceiveMs.set(partition, last.timestampMs);
-    this.recordsSinceFlush += records.length;
-    this.metrics.recordsConsumed.inc(records.length);
-    this.metrics.batchSize.observe(records.length);
+    this.newestReceiveMs.set(partition, batch.lastTimestampMs);
+    this.recordsSinceFlush += batch.count;
+    this.metrics.recordsConsumed.inc(batch.count);
+    this.metrics.batchSize.observe(batch.count);
     this.metrics.replaySkipped.inc(result.skipped);
     this.metrics.duplicates.inc(duplicates);
   }
@@ -317,4 +319,9 @@ export class Aggregation {
     this.metrics.heldEventIds.set(eventIds);
     this.metrics.assignedPartitions.set(this.partitions.size);
   }
+}
+
+/** A worker's bytes as the `Buffer` the producer takes, without copying them. */
+function bufferOf(bytes: Uint8Array): Buffer {
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }

@@ -13,6 +13,7 @@ import {
   type BatchInput,
   type BatchResult,
   packRecords,
+  RecordPacker,
   syntheticEventId,
   windowStartOf,
 } from './batch-aggregator.js';
@@ -116,6 +117,34 @@ describe('packRecords', () => {
     assert.deepEqual([...packed.timestamps], [T0, T0 + 1, -1, T1]);
   });
 
+  test('keys are packed beside the values, -1 for a record with no key', () => {
+    const packed = packRecords([
+      { offset: 1, timestampMs: T0, value: bytes('x'), key: bytes('site/u1') },
+      { offset: 2, timestampMs: T0, value: bytes('y'), key: null },
+      { offset: 3, timestampMs: T0, value: bytes('z'), key: bytes('u2') },
+    ]);
+    assert.equal(Buffer.from(packed.keys).toString(), 'site/u1u2');
+    assert.deepEqual([...packed.keyEnds], [7, -1, 9]);
+  });
+
+  test('a packer grows past its first buffers without losing a byte', () => {
+    const packer = new RecordPacker();
+    const values: string[] = [];
+    for (let i = 0; i < 3000; i++) {
+      const value = JSON.stringify({ i, pad: 'p'.repeat(i % 97) });
+      values.push(value);
+      packer.push(i, T0 + i, bytes(`k${i}`), bytes(value));
+    }
+    assert.equal(packer.length, 3000);
+    assert.equal(packer.firstOffset, 0);
+    assert.equal(packer.lastOffset, 2999);
+    assert.equal(packer.lastTimestampMs, T0 + 2999);
+    const packed = packer.finish();
+    assert.equal(Buffer.from(packed.values).toString(), values.join(''));
+    assert.equal(packed.offsets[2999], 2999);
+    assert.equal(packed.keyEnds[2999], packed.keys.byteLength);
+  });
+
   test('an empty batch packs into empty buffers', () => {
     const packed = packRecords([]);
     assert.equal(packed.values.byteLength, 0);
@@ -210,6 +239,7 @@ describe('aggregateBatch: figures per window', () => {
       late: [],
       skipped: 0,
       duplicates: 0,
+      rejected: [],
     });
   });
 });
@@ -291,6 +321,56 @@ describe('aggregateBatch: events with an event_id', () => {
 });
 
 describe('aggregateBatch: records that cannot be counted', () => {
+  test('each record that cannot be counted comes back with its key and value, for its dead letter', () => {
+    const recs = [
+      { offset: 10, timestampMs: NOW, key: bytes('k-bad'), value: bytes('{"user_id": ') },
+      {
+        offset: 11,
+        timestampMs: NOW,
+        key: bytes('k-ok'),
+        value: bytes(JSON.stringify(event('a', T0))),
+      },
+      { offset: 12, timestampMs: NOW, key: null, value: null },
+      {
+        offset: 13,
+        timestampMs: NOW,
+        key: bytes('k-late'),
+        value: bytes(JSON.stringify(event('b', T0))),
+      },
+    ];
+    const result = aggregateBatch(batch([], packRecords(recs)));
+    assert.deepEqual(result.late, []);
+    const rejected = result.rejected.map((r) => [
+      r.index,
+      r.offset,
+      r.key === null ? null : Buffer.from(r.key).toString(),
+      r.value === null ? null : Buffer.from(r.value).toString(),
+    ]);
+    assert.deepEqual(rejected, [
+      [0, 10, 'k-bad', '{"user_id": '],
+      [2, 12, null, null],
+    ]);
+  });
+
+  test('a late record comes back with its key and value', () => {
+    const late = JSON.stringify(event('b', T0));
+    const recs = [
+      { offset: 5, timestampMs: NOW, key: null, value: bytes(JSON.stringify(event('a', T1))) },
+      { offset: 6, timestampMs: NOW, key: bytes('k-late'), value: bytes(late) },
+    ];
+    const result = aggregateBatch(batch([], { ...packRecords(recs), legacyFinalThrough: T0 }));
+    assert.deepEqual(result.late, [1]);
+    assert.deepEqual(
+      result.rejected.map((r) => [
+        r.index,
+        r.offset,
+        Buffer.from(r.key ?? []).toString(),
+        Buffer.from(r.value ?? []).toString(),
+      ]),
+      [[1, 6, 'k-late', late]],
+    );
+  });
+
   test('null value, invalid UTF-8, invalid JSON and schema violations are invalid, by batch index', () => {
     const result = aggregateBatch(
       batch(

@@ -12,7 +12,7 @@
  * decides exactly as the first pass did.
  */
 import { DEFAULT_SITE, PAGE_VIEW, validateEvent } from '../shared/event-schema.js';
-import { type PackedStrings, PackedStringsBuilder } from './packed-strings.js';
+import { type PackedStrings, PackedStringsBuilder, withCapacity } from './packed-strings.js';
 
 /** One partition's batch, packed so that the buffers can be transferred to a worker. */
 export interface BatchInput {
@@ -21,6 +21,13 @@ export interface BatchInput {
   values: Uint8Array;
   /** End of each record's value in `values`; -1 for a record with no value. */
   valueEnds: Int32Array;
+  /**
+   * Record keys, concatenated: the worker never reads them, it only hands back those of the
+   * records that are dead-lettered (`BatchResult.rejected`).
+   */
+  keys: Uint8Array;
+  /** End of each record's key in `keys`; -1 for a record with no key. */
+  keyEnds: Int32Array;
   /** Each record's offset. */
   offsets: Float64Array;
   /**
@@ -84,6 +91,19 @@ export interface BatchResult {
   skipped: number;
   /** Events whose `event_id` appeared earlier in the same window of this batch: not counted again. */
   duplicates: number;
+  /**
+   * The key and value of every record of `invalid` and `late`, copied out of the batch: the
+   * batch's buffers were transferred to the worker, and the dead letters need the bytes.
+   */
+  rejected: RejectedRecord[];
+}
+
+/** A record that goes to the dead-letter topic, as its bytes. */
+export interface RejectedRecord {
+  index: number;
+  offset: number;
+  key: Uint8Array | null;
+  value: Uint8Array | null;
 }
 
 const decoder = new TextDecoder('utf-8', { fatal: true });
@@ -120,6 +140,7 @@ export function aggregateBatch(input: BatchInput): BatchResult {
   const replayWindows = new Set(input.replayWindows);
   const invalid: BatchResult['invalid'] = [];
   const late: number[] = [];
+  const rejected: Array<Omit<RejectedRecord, 'key'>> = [];
   let skipped = 0;
   let duplicates = 0;
   let watermark = input.watermarkIn;
@@ -131,6 +152,7 @@ export function aggregateBatch(input: BatchInput): BatchResult {
     const appendedMs = input.timestamps[i] as number;
     const replayed = offset <= input.replayThrough;
     let outcome: ReturnType<typeof validateEvent> | { ok: false; code: string };
+    const valueStart = start;
     if (end < 0) {
       outcome = { ok: false, code: 'empty_record' };
     } else {
@@ -140,7 +162,14 @@ export function aggregateBatch(input: BatchInput): BatchResult {
     }
     if (!outcome.ok) {
       if (replayed) skipped++;
-      else invalid.push({ index: i, code: outcome.code });
+      else {
+        invalid.push({ index: i, code: outcome.code });
+        rejected.push({
+          index: i,
+          offset,
+          value: end < 0 ? null : input.values.slice(valueStart, end),
+        });
+      }
       continue;
     }
     const event = outcome.event;
@@ -154,6 +183,7 @@ export function aggregateBatch(input: BatchInput): BatchResult {
     } else {
       if (windowStart <= input.legacyFinalThrough) {
         late.push(i);
+        rejected.push({ index: i, offset, value: input.values.slice(valueStart, end) });
         continue;
       }
       // The watermark follows event time, but never past the record's receive time: a client's
@@ -216,7 +246,30 @@ export function aggregateBatch(input: BatchInput): BatchResult {
       });
     }
   }
-  return { windows: partials, watermarkOut: watermark, invalid, late, skipped, duplicates };
+  return {
+    windows: partials,
+    watermarkOut: watermark,
+    invalid,
+    late,
+    skipped,
+    duplicates,
+    rejected: rejected.map((record) => ({ ...record, key: keyOf(input, record.index) })),
+  };
+}
+
+/** Record `index`'s key, copied out of the batch (rejected records only: they are few). */
+function keyOf(input: BatchInput, index: number): Uint8Array | null {
+  const end = input.keyEnds[index] as number;
+  if (end < 0) return null;
+  let start = 0;
+  for (let i = index - 1; i >= 0; i--) {
+    const previous = input.keyEnds[i] as number;
+    if (previous >= 0) {
+      start = previous;
+      break;
+    }
+  }
+  return input.keys.slice(start, end);
 }
 
 /**
@@ -258,29 +311,126 @@ function decodeRecord(
 }
 
 /** The records of a batch, in the transferable buffers of a BatchInput. */
-export type PackedRecords = Pick<BatchInput, 'values' | 'valueEnds' | 'offsets' | 'timestamps'>;
+export type PackedRecords = Pick<
+  BatchInput,
+  'values' | 'valueEnds' | 'keys' | 'keyEnds' | 'offsets' | 'timestamps'
+>;
 
-/** Packs records (in offset order) into a BatchInput's transferable buffers. */
+/**
+ * Packs records (in offset order) into a BatchInput's transferable buffers (tests, and callers
+ * that hold records as objects; the consumer packs as it consumes, with `RecordPacker`).
+ */
 export function packRecords(
-  records: ReadonlyArray<{ offset: number; timestampMs: number; value: Uint8Array | null }>,
+  records: ReadonlyArray<{
+    offset: number;
+    timestampMs: number;
+    value: Uint8Array | null;
+    key?: Uint8Array | null;
+  }>,
 ): PackedRecords {
-  let total = 0;
-  for (const record of records) total += record.value?.byteLength ?? 0;
-  const values = new Uint8Array(total);
-  const valueEnds = new Int32Array(records.length);
-  const offsets = new Float64Array(records.length);
-  const timestamps = new Float64Array(records.length);
-  let position = 0;
-  records.forEach((record, i) => {
-    offsets[i] = record.offset;
-    timestamps[i] = Number.isFinite(record.timestampMs) ? record.timestampMs : -1;
-    if (record.value === null) {
-      valueEnds[i] = -1;
-      return;
+  const packer = new RecordPacker();
+  for (const record of records) {
+    packer.push(record.offset, record.timestampMs, record.key ?? null, record.value);
+  }
+  return packer.finish();
+}
+
+/**
+ * Builds a batch's packed buffers one record at a time, copying each key and value once into
+ * buffers that grow by doubling: the consumer's only per-record work on the main thread.
+ */
+export class RecordPacker {
+  private values: Uint8Array = new Uint8Array(64 * 1024);
+  private keys: Uint8Array = new Uint8Array(8 * 1024);
+  private valueEnds = new Int32Array(256);
+  private keyEnds = new Int32Array(256);
+  private offsets = new Float64Array(256);
+  private timestamps = new Float64Array(256);
+  private valuesUsed = 0;
+  private keysUsed = 0;
+  private count = 0;
+
+  /** Records packed so far. */
+  get length(): number {
+    return this.count;
+  }
+
+  /** Bytes of keys and values packed so far. */
+  get bytes(): number {
+    return this.valuesUsed + this.keysUsed;
+  }
+
+  /** The offset of the last record packed, or -1. */
+  get lastOffset(): number {
+    return this.count === 0 ? -1 : (this.offsets[this.count - 1] as number);
+  }
+
+  /** The first record's offset, or -1. */
+  get firstOffset(): number {
+    return this.count === 0 ? -1 : (this.offsets[0] as number);
+  }
+
+  /** The last record's Kafka timestamp, or -1. */
+  get lastTimestampMs(): number {
+    return this.count === 0 ? -1 : (this.timestamps[this.count - 1] as number);
+  }
+
+  push(
+    offset: number,
+    timestampMs: number | undefined,
+    key: Uint8Array | null,
+    value: Uint8Array | null,
+  ): void {
+    if (this.count === this.offsets.length) this.growRecords();
+    const i = this.count++;
+    this.offsets[i] = offset;
+    this.timestamps[i] =
+      timestampMs !== undefined && Number.isFinite(timestampMs) && timestampMs >= 0
+        ? timestampMs
+        : -1;
+    if (value === null) {
+      this.valueEnds[i] = -1;
+    } else {
+      this.values = appended(this.values, this.valuesUsed, value);
+      this.valuesUsed += value.byteLength;
+      this.valueEnds[i] = this.valuesUsed;
     }
-    values.set(record.value, position);
-    position += record.value.byteLength;
-    valueEnds[i] = position;
-  });
-  return { values, valueEnds, offsets, timestamps };
+    if (key === null) {
+      this.keyEnds[i] = -1;
+    } else {
+      this.keys = appended(this.keys, this.keysUsed, key);
+      this.keysUsed += key.byteLength;
+      this.keyEnds[i] = this.keysUsed;
+    }
+  }
+
+  /** The packed records, trimmed to their size; the packer must not be used after. */
+  finish(): PackedRecords {
+    return {
+      values: this.values.slice(0, this.valuesUsed),
+      valueEnds: this.valueEnds.slice(0, this.count),
+      keys: this.keys.slice(0, this.keysUsed),
+      keyEnds: this.keyEnds.slice(0, this.count),
+      offsets: this.offsets.slice(0, this.count),
+      timestamps: this.timestamps.slice(0, this.count),
+    };
+  }
+
+  private growRecords(): void {
+    const size = this.offsets.length * 2;
+    this.valueEnds = withCapacity(this.valueEnds, size);
+    this.keyEnds = withCapacity(this.keyEnds, size);
+    this.offsets = withCapacity(this.offsets, size);
+    this.timestamps = withCapacity(this.timestamps, size);
+  }
+}
+
+/** `bytes` with `item` written at `used`: the same buffer, or a doubled one when it is full. */
+function appended(bytes: Uint8Array, used: number, item: Uint8Array): Uint8Array {
+  const target =
+    used + item.byteLength > bytes.length
+      ? withCapacity(bytes, Math.max(bytes.length * 2, used + item.byteLength), used)
+      : bytes;
+  target.set(item, used);
+  return target;
 }

@@ -47,19 +47,24 @@ export class ByteStringSet {
    * Adds `source[start..end)`; returns false when the set already held those bytes.
    * Throws a RangeError for more than 65,535 bytes (the schema allows far less).
    */
-  add(source: Uint8Array, start: number, end: number): boolean {
-    return this.insert(source, start, end) > 0;
+  add(source: Uint8Array, start: number, end: number, hash?: number): boolean {
+    return this.insert(source, start, end, hash) > 0;
   }
 
   /**
    * Adds `source[start..end)` like `add`, and says where the entry is: its arena position + 1
    * when it was added now, minus that when the set held it already. An entry's position never
-   * changes (`arenaBytes`, `entryEnd`).
+   * changes (`arenaBytes`, `entryEnd`). `hash`, when given, must be `hashBytes` of those bytes:
+   * the workers compute it, so that the main thread only probes and compares.
    */
-  insert(source: Uint8Array, start: number, end: number): number {
+  insert(
+    source: Uint8Array,
+    start: number,
+    end: number,
+    hash = hashBytes(source, start, end),
+  ): number {
     const length = end - start;
     if (length > MAX_ENTRY_BYTES) throw new RangeError(`an entry of ${length} bytes is too long`);
-    const hash = hashBytes(source, start, end);
     let mask = this.slots.length - 1;
     let slot = hash & mask;
     for (;;) {

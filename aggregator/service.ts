@@ -122,6 +122,7 @@ export async function startAggregator(
       aggregation,
       db,
       {
+        brokers: config.kafkaBrokers,
         topic: config.topic,
         consumerGroup: config.consumerGroup,
         sessionTimeoutMs: config.sessionTimeoutMs,

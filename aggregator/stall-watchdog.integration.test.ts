@@ -32,10 +32,16 @@ const logger = createLogger('test', 'warn');
 const WINDOW_MS = 10_000;
 const STALL_TIMEOUT_SEC = 3;
 const SESSION_TIMEOUT_SEC = 6;
-/** The part of the client each test stops behind the aggregator's back. */
+/** The part of the client (its native `KafkaConsumer`) each test stops behind the aggregator's back. */
 interface Client {
-  pause(topics: Array<{ topic: string }>): void;
-  disconnect(): Promise<void>;
+  assignments(): Array<{ topic: string; partition: number }>;
+  pause(partitions: Array<{ topic: string; partition: number }>): void;
+  disconnect(cb?: (err: unknown) => void): unknown;
+}
+
+/** Disconnects the client as the aggregator would not: resolves once it has left. */
+function disconnected(client: Client): Promise<void> {
+  return new Promise((resolve) => client.disconnect(() => resolve()));
 }
 
 /** A metric of the aggregator, which must answer. */
@@ -154,9 +160,9 @@ test('a consumer that delivers nothing while records wait is replaced; counts st
   replacedAfterStop(t, 'stallwatch', {
     reason: 'stalled',
     withinMs: 30_000,
-    stop: async (client, topic) => {
+    stop: async (client) => {
       // The stop: the client itself paused, which the aggregator did not ask for.
-      client.pause([{ topic }]);
+      client.pause(client.assignments());
     },
   }));
 
@@ -168,7 +174,7 @@ test('a consumer outside the group, holding nothing while records go unread, is 
     stop: async (client) => {
       // The stop: the client leaves the group (its partitions are revoked and flushed, as on
       // any rebalance) and never comes back, which the aggregator did not ask for.
-      await client.disconnect();
+      await disconnected(client);
     },
   }));
 
@@ -178,10 +184,10 @@ test('replaced consumers that cannot leave the group are left behind, and the ag
     reason: 'unread',
     withinMs: 40_000,
     stop: async (client) => {
-      await client.disconnect();
+      await disconnected(client);
       // From now on it cannot leave, as a client whose coordinator never answers: the
       // replacement leaves it behind instead of waiting (or, past the limit, ending the process).
-      client.disconnect = () => new Promise<void>(() => {});
+      client.disconnect = () => client;
     },
     stops: 2,
     // Under the 3 s the old one is given to leave: the new one does not wait for it.

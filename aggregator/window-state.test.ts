@@ -70,6 +70,7 @@ function advance(state: PartitionWindows, offset: number): void {
       late: [],
       skipped: 0,
       duplicates: 0,
+      rejected: [],
     },
     offset,
   );
@@ -228,7 +229,13 @@ describe('PartitionWindows: finality and closing', () => {
     );
     const part = written.closedWindowEvents[0]?.parts[0];
     assert.deepEqual(
-      unpackStrings(part?.eventIds ?? { bytes: new Uint8Array(), ends: new Uint32Array() }),
+      unpackStrings(
+        part?.eventIds ?? {
+          bytes: new Uint8Array(),
+          ends: new Uint32Array(),
+          hashes: new Uint32Array(),
+        },
+      ),
       ['late-1'],
     );
     assert.equal(state.heldEventIds, 1, 'handed to the flush');

@@ -6,6 +6,7 @@ import {
   windowStartOf,
 } from './batch-aggregator.js';
 import { ByteStringSet } from './byte-string-set.js';
+import { withCapacity } from './packed-strings.js';
 import type { PartitionCheckpoint } from './partition-recovery.js';
 
 /** The figures of one site in one event-time window of one partition, as written to PostgreSQL. */
@@ -620,8 +621,11 @@ function mergePartial(site: SiteAggregate, partial: WindowPartial): number {
   for (let i = 0; i < eventIds.ends.length; i++) {
     const idEnd = eventIds.ends[i] as number;
     const userEnd = eventIdUsers.ends[i] as number;
-    if (site.eventIds.add(eventIds.bytes, idStart, idEnd)) {
-      const user = Math.abs(site.users.insert(eventIdUsers.bytes, userStart, userEnd)) - 1;
+    if (site.eventIds.add(eventIds.bytes, idStart, idEnd, eventIds.hashes[i])) {
+      const user =
+        Math.abs(
+          site.users.insert(eventIdUsers.bytes, userStart, userEnd, eventIdUsers.hashes[i]),
+        ) - 1;
       if (site.events === site.pageViewFlags.length) growEventArrays(site);
       const pageView = eventIdPageViews[i] as number;
       site.pageViewFlags[site.events] = pageView;
@@ -640,13 +644,7 @@ function mergePartial(site: SiteAggregate, partial: WindowPartial): number {
 
 function growEventArrays(site: SiteAggregate): void {
   const capacity = site.pageViewFlags.length * 2;
-  const flags = new Uint8Array(capacity);
-  flags.set(site.pageViewFlags);
-  site.pageViewFlags = flags;
-  const users = new Int32Array(capacity);
-  users.set(site.eventUsers);
-  site.eventUsers = users;
-  const types = new Uint32Array(capacity);
-  types.set(site.eventTypes);
-  site.eventTypes = types;
+  site.pageViewFlags = withCapacity(site.pageViewFlags, capacity);
+  site.eventUsers = withCapacity(site.eventUsers, capacity);
+  site.eventTypes = withCapacity(site.eventTypes, capacity);
 }

@@ -40,6 +40,8 @@ export class WorkerPool {
     const transfer = [
       input.values.buffer,
       input.valueEnds.buffer,
+      input.keys.buffer,
+      input.keyEnds.buffer,
       input.offsets.buffer,
       input.timestamps.buffer,
     ];

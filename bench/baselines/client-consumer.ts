@@ -10,6 +10,11 @@
  *   KAFKA_BROKERS=... TOPIC=... GROUP=... EXPECTED=... CAP_SEC=30 node client-consumer.js
  */
 import kafkaJavascript from '@confluentinc/kafka-javascript';
+import {
+  CONSUME_MAX_MESSAGES,
+  MAX_PARTITION_FETCH_BYTES,
+  QUEUED_MAX_KBYTES,
+} from '../../aggregator/native-consumer.js';
 import { ConfigReader } from '../../shared/config-reader.js';
 
 const r = new ConfigReader(process.env);
@@ -25,8 +30,9 @@ const consumer = new kafkaJavascript.KafkaConsumer(
     'metadata.broker.list': brokers.join(','),
     'group.id': groupId,
     'enable.auto.commit': false,
-    // As the aggregator (aggregator/activity-consumer.ts).
-    'queued.max.messages.kbytes': 16_384,
+    // As the aggregator (aggregator/native-consumer.ts).
+    'queued.max.messages.kbytes': QUEUED_MAX_KBYTES,
+    'max.partition.fetch.bytes': MAX_PARTITION_FETCH_BYTES,
   },
   { 'auto.offset.reset': 'earliest' },
 );
@@ -34,6 +40,9 @@ await new Promise<void>((resolve, reject) =>
   consumer.connect({}, (err) => (err ? reject(err) : resolve())),
 );
 consumer.setDefaultConsumeTimeout(100);
+(
+  consumer as unknown as { setDefaultIsTimeoutOnlyForFirstMessage(only: boolean): void }
+).setDefaultIsTimeoutOnlyForFirstMessage(true);
 consumer.subscribe([topic]);
 
 let consumed = 0;
@@ -44,7 +53,7 @@ const startDeadline = Date.now() + 60_000;
 while (consumed < expected && (firstAt === 0 || performance.now() - firstAt < capMs)) {
   if (firstAt === 0 && Date.now() > startDeadline) throw new Error('nothing consumed within 60 s');
   const messages = await new Promise<kafkaJavascript.Message[]>((resolve, reject) =>
-    consumer.consume(2000, (err, batch) => (err ? reject(err) : resolve(batch))),
+    consumer.consume(CONSUME_MAX_MESSAGES, (err, batch) => (err ? reject(err) : resolve(batch))),
   );
   if (messages.length > 0 && firstAt === 0) {
     firstAt = performance.now();

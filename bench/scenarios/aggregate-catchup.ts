@@ -133,35 +133,44 @@ export const aggregateCatchup: Scenario = {
     });
     const median = (name: string): number =>
       out.find((c) => c.name === name)?.throughput.median ?? Number.NaN;
+    // The targets of issue 23: the worker pool pays for itself, the aggregator comes close to
+    // its own client's ceiling, and beats a KafkaJS consumer doing the same work.
     const ratios = [
-      ...(kcat
-        ? [
-            atLeast(
-              'aggregate-catchup vs raw kcat consume',
-              'aggregator (WORKERS=2) events/s ÷ kcat events/s',
-              median('aggregator-workers-2') / median('kcat'),
-              0.5,
-            ),
-          ]
-        : []),
+      atLeast(
+        'aggregate-catchup: the worker pool',
+        'aggregator WORKERS=2 events/s ÷ WORKERS=0 events/s',
+        median('aggregator-workers-2') / median('aggregator-workers-0'),
+        1.2,
+      ),
+      atLeast(
+        "aggregate-catchup vs the client's ceiling",
+        'aggregator (WORKERS=2) events/s ÷ client-consume events/s',
+        median('aggregator-workers-2') / median('client-consume'),
+        0.9,
+      ),
       atLeast(
         'aggregate-catchup vs KafkaJS eachMessage',
         'aggregator (WORKERS=2) events/s ÷ KafkaJS eachMessage events/s',
         median('aggregator-workers-2') / median('kafkajs-eachMessage'),
-        3,
+        1,
       ),
     ];
     return {
       scenario: 'aggregate-catchup',
-      method: `a topic of ${BENCH_PARTITIONS_TEXT} pre-filled with ${num(inTopic)} events (as ingest writes them — keyed by user, JSON, content-type header — but uncompressed, since KafkaJS has no LZ4 codec; 200,000 users, event times over 10 minutes, 60 s windows); each run reads it from the beginning (a fresh schema and consumer group per aggregator run, so positions start at 0); events/s from the first record seen to caught up, polled every 100 ms on the aggregator's own counter; the aggregator also flushes to PostgreSQL every ${config.flushIntervalSec} s and 20,000 records as in production; KafkaJS does the same parse/validate/window-set work without any write; client-consume is the aggregator's client (@confluentinc/kafka-javascript, native consume(2000), the aggregator's fetch settings) reading each value's length and nothing more; ${config.runs} runs alternating`,
+      method: `a topic of ${BENCH_PARTITIONS_TEXT} pre-filled with ${num(inTopic)} events (as ingest writes them — keyed by user, JSON, content-type header — but uncompressed, since KafkaJS has no LZ4 codec; 200,000 users, event times over 10 minutes, 60 s windows); each run reads it from the beginning (a fresh schema and consumer group per aggregator run, so positions start at 0); events/s from the first record seen to caught up, polled every 100 ms on the aggregator's own counter; the aggregator also flushes to PostgreSQL every ${config.flushIntervalSec} s and 20,000 records as in production; KafkaJS does the same parse/validate/window-set work without any write; client-consume is the aggregator's client (@confluentinc/kafka-javascript, native consume(n) with the aggregator's batch and fetch settings) reading each value's length and nothing more; ${config.runs} runs alternating`,
       startedAt: startedAt.toISOString(),
       durationSec: (Date.now() - startedAt.getTime()) / 1000,
       contenders: out,
       ratios,
       warnings,
       notes: [
-        `the worker pool: WORKERS=2 ÷ WORKERS=0 = ${(median('aggregator-workers-2') / median('aggregator-workers-0')).toFixed(2)}, WORKERS=1 ÷ WORKERS=0 = ${(median('aggregator-workers-1') / median('aggregator-workers-0')).toFixed(2)}`,
-        `the client's own ceiling (client-consume: native consume(n), nothing done per record): the aggregator (WORKERS=2) reaches ${(median('aggregator-workers-2') / median('client-consume')).toFixed(2)} × it, KafkaJS eachMessage ${(median('kafkajs-eachMessage') / median('client-consume')).toFixed(2)} ×; the KafkaJS target (3 ×) asks for ${((3 * median('kafkajs-eachMessage')) / median('client-consume')).toFixed(2)} × it`,
+        `the worker pool: WORKERS=1 ÷ WORKERS=0 = ${(median('aggregator-workers-1') / median('aggregator-workers-0')).toFixed(2)}`,
+        `the client's own ceiling (client-consume: native consume(n), nothing done per record): KafkaJS eachMessage reaches ${(median('kafkajs-eachMessage') / median('client-consume')).toFixed(2)} × it`,
+        ...(kcat
+          ? [
+              `raw consume in C (kcat, no JavaScript): the aggregator (WORKERS=2) reaches ${(median('aggregator-workers-2') / median('kcat')).toFixed(2)} × it, client-consume ${(median('client-consume') / median('kcat')).toFixed(2)} ×`,
+            ]
+          : []),
       ],
     };
   },

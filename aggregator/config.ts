@@ -52,6 +52,11 @@ export interface AggregatorConfig {
   rollups: boolean;
   /** Activity types each site's rollups count by name; the rest count as `other`. */
   maxActivityTypes: number;
+  /**
+   * Users of the hours and days being rolled up held in memory; past it the oldest periods are
+   * forgotten and read again from PostgreSQL when needed.
+   */
+  maxHeldPeriodUsers: number;
   /** How long minute rows are kept (at least MAX_EVENT_AGE_SEC plus two days). */
   minuteRowsRetentionMs: number;
   /** How long hour rows are kept. */
@@ -97,6 +102,10 @@ export function readAggregatorConfig(env: NodeJS.ProcessEnv): AggregatorConfig {
     offsetReset: r.oneOf('OFFSET_RESET', 'stop', ['stop', 'earliest']),
     rollups: r.oneOf('ROLLUPS', 'on', ['on', 'off']) === 'on',
     maxActivityTypes: r.int('MAX_ACTIVITY_TYPES', 100, { min: 1, max: 10_000 }),
+    maxHeldPeriodUsers: r.int('MAX_HELD_PERIOD_USERS', 5_000_000, {
+      min: 1000,
+      max: 1_000_000_000,
+    }),
     minuteRowsRetentionMs: days(r.int('MINUTE_ROWS_RETENTION_DAYS', 30, { min: 1, max: 36_500 })),
     hourRowsRetentionMs: days(r.int('HOUR_ROWS_RETENTION_DAYS', 400, { min: 1, max: 36_500 })),
     dayRowsRetentionMs: orForever(r.int('DAY_ROWS_RETENTION_DAYS', 0, { min: 0, max: 36_500 })),

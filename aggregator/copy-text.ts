@@ -10,6 +10,8 @@ const TAB = 0x09;
 const NEWLINE = 0x0a;
 const CARRIAGE_RETURN = 0x0d;
 const BACKSLASH = 0x5c;
+const QUOTE = 0x22;
+const COMMA = 0x2c;
 const encoder = new TextEncoder();
 
 /** Accumulates COPY text; `take()` hands over the full chunks, `finish()` the rest. */
@@ -49,6 +51,41 @@ export class CopyTextBuilder {
         chunk[used++] = byte;
       }
     }
+    this.used = used;
+    return this;
+  }
+
+  /**
+   * One element of an array field from UTF-8 bytes: quoted and escaped for the array syntax,
+   * then for COPY; elements after the first are preceded by a comma. The caller writes the
+   * braces around them (`raw`).
+   */
+  arrayElement(source: Uint8Array, start: number, end: number, first: boolean): this {
+    this.room((end - start) * 4 + 3);
+    const chunk = this.chunk;
+    let used = this.used;
+    if (!first) chunk[used++] = COMMA;
+    chunk[used++] = QUOTE;
+    for (let i = start; i < end; i++) {
+      const byte = source[i] as number;
+      if (byte === QUOTE || byte === BACKSLASH) {
+        // The array syntax's backslash, itself escaped for COPY.
+        chunk[used++] = BACKSLASH;
+        chunk[used++] = BACKSLASH;
+        if (byte === BACKSLASH) {
+          chunk[used++] = BACKSLASH;
+          chunk[used++] = BACKSLASH;
+        } else {
+          chunk[used++] = QUOTE;
+        }
+      } else if (byte === TAB || byte === NEWLINE || byte === CARRIAGE_RETURN) {
+        chunk[used++] = BACKSLASH;
+        chunk[used++] = byte === TAB ? 0x74 : byte === NEWLINE ? 0x6e : 0x72;
+      } else {
+        chunk[used++] = byte;
+      }
+    }
+    chunk[used++] = QUOTE;
     this.used = used;
     return this;
   }

@@ -8,7 +8,13 @@ import {
   encodeMembership,
   encodeRows,
 } from './copy-text.js';
-import { prepareRollupSource, type RollupOutcome, rollUp } from './rollups.js';
+import {
+  type ClosingWindow,
+  prepareRollupSource,
+  type RollupOutcome,
+  type RollupSettings,
+  rollUp,
+} from './rollups.js';
 import type { PartitionFlush, WindowMembership, WindowRow } from './window-state.js';
 
 const { from: copyFrom } = pgCopyStreams;
@@ -23,10 +29,7 @@ export interface PauseBeforeCommit {
   onPause: () => void;
 }
 
-/** How a flush keeps the hour and day figures (`rollups.ts`); null: it keeps none. */
-export interface RollupSettings {
-  maxActivityTypes: number;
-}
+export type { RollupSettings } from './rollups.js';
 
 /** The activity-type limit of rollups on the defaults. */
 export const DEFAULT_ROLLUPS: RollupSettings = { maxActivityTypes: 100 };
@@ -158,11 +161,14 @@ export async function writeFlush(
       outcome.rows += written;
       outcome.fenced += open.length - written;
     }
+    /** Closing windows stored by COPY: every event of theirs goes to the rollups. */
+    let copied: ClosingWindow[] = [];
     if (closing.length > 0) {
       await client.query('SAVEPOINT closing');
-      if (await closeWindows(client, closing, rollups !== null)) {
+      if (await closeWindows(client, closing)) {
         await client.query('RELEASE SAVEPOINT closing');
         outcome.rows += closing.length;
+        copied = closing;
       } else {
         await client.query('ROLLBACK TO SAVEPOINT closing');
         outcome.rows += await mergeAndRecount(client, closing);
@@ -205,17 +211,20 @@ export async function writeFlush(
         ],
       );
     }
+    const progress = flushes
+      .filter((flush) => Number.isFinite(flush.closedThrough))
+      .map((flush) => ({
+        partition: flush.partition,
+        completeBefore: flush.closedThrough + flush.windowSeconds * 1000,
+      }));
     if (rollups !== null) {
       outcome.rollups = await rollUp(
         client,
+        rollups,
         allFlushes[0]?.windowSeconds ?? 0,
-        rollups.maxActivityTypes,
-        flushes
-          .filter((flush) => Number.isFinite(flush.closedThrough))
-          .map((flush) => ({
-            partition: flush.partition,
-            completeBefore: flush.closedThrough + flush.windowSeconds * 1000,
-          })),
+        copied,
+        new Map(flushes.map((flush) => [flush.partition, flush.epoch])),
+        progress,
       );
     }
     if (pauseBeforeCommit !== undefined) {
@@ -226,6 +235,7 @@ export async function writeFlush(
     const lostMeanwhile = flushes.filter((flush) => held.get(flush.partition) !== flush.epoch);
     if (lostMeanwhile.length > 0) {
       await client.query('ROLLBACK');
+      rollups?.periodUsers?.clear();
       return {
         rows: 0,
         fenced: 0,
@@ -240,8 +250,11 @@ export async function writeFlush(
       `SELECT pg_notify('activity_flush', (extract(epoch FROM now()) * 1000000)::bigint::text)`,
     );
     await client.query('COMMIT');
+    rollups?.periodUsers?.committed(progress);
     return outcome;
   } catch (err) {
+    // Committed or not, the held period users may no longer match PostgreSQL's.
+    rollups?.periodUsers?.clear();
     await client.query('ROLLBACK').catch(() => {});
     throw err;
   }
@@ -308,7 +321,6 @@ async function upsertOpenRows(
 async function closeWindows(
   client: ClientBase,
   closing: readonly RowWithMembership[],
-  withRollups: boolean,
 ): Promise<boolean> {
   const accepted = await upsertOpenRows(
     client,
@@ -334,18 +346,6 @@ async function closeWindows(
     if ((err as { code?: string }).code === UNIQUE_VIOLATION) return false;
     throw err;
   }
-  if (!withRollups) return true;
-  // Every event of these windows is new in the membership: all of them go to the rollups.
-  await client.query(
-    `INSERT INTO rollup_source
-       (site, window_start, source_partition, user_id, activity_type, page_view)
-     SELECT e.site, e.window_start, e.source_partition, e.user_id, e.activity_type, e.page_view
-       FROM ${ROW_KEYS_UNNEST}
-       JOIN window_events e
-         ON e.source_partition = r.part AND e.window_seconds = r.seconds
-        AND e.window_start = r.start AND e.site = r.site`,
-    rowKeyParameters(closing.map((entry) => entry.row)),
-  );
   return true;
 }
 

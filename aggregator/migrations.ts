@@ -267,6 +267,46 @@ const MIGRATIONS: ReadonlyArray<{ version: number; name: string; sql: string }> 
         'The period''s users as a mergeable sketch (shared/hll.ts), for unique users over ranges: set once every window of the period has closed in its partition, then grown by late events. NULL until then.';
     `,
   },
+  {
+    version: 6,
+    name: 'period_user_lists',
+    sql: `
+      -- One row per period and flush holding the users new to the period, instead of one row
+      -- per user: the aggregator decides which users are new from the lists it holds, so a
+      -- flush writes a few rows without a unique-index entry per user.
+      ALTER TABLE period_users RENAME TO period_users_v5;
+      DO $r$
+      DECLARE child TEXT;
+      BEGIN
+        FOR child IN SELECT c.relname FROM pg_inherits i
+                       JOIN pg_class c ON c.oid = i.inhrelid
+                      WHERE i.inhparent = 'period_users_v5'::regclass LOOP
+          EXECUTE format('ALTER TABLE %I RENAME TO %I', child, child || '_v5');
+        END LOOP;
+      END $r$;
+      CREATE TABLE period_users (
+        source_partition INTEGER     NOT NULL,
+        site             TEXT        NOT NULL,
+        period           TEXT        NOT NULL,
+        period_start     TIMESTAMPTZ NOT NULL,
+        activity_type    TEXT        NOT NULL,
+        user_ids         TEXT[]      NOT NULL
+      ) PARTITION BY RANGE (period_start);
+      CREATE INDEX period_users_period
+        ON period_users (source_partition, site, period, period_start, activity_type);
+      COMMENT ON TABLE period_users IS
+        'The distinct users of each period_metrics row, kept while late events can still arrive: what makes an hour''s or a day''s unique count exact. Each row lists users new to the period in one flush; a user is in one row of its period.';
+      CREATE TABLE period_users_default PARTITION OF period_users DEFAULT;
+      SELECT activity_ensure_day_partitions(day)
+        FROM (SELECT DISTINCT (period_start AT TIME ZONE 'UTC')::date AS day
+                FROM period_users_v5) days;
+      INSERT INTO period_users
+        SELECT source_partition, site, period, period_start, activity_type,
+               array_agg(user_id ORDER BY user_id)
+          FROM period_users_v5 GROUP BY 1, 2, 3, 4, 5;
+      DROP TABLE period_users_v5;
+    `,
+  },
 ];
 
 export const LATEST_SCHEMA_VERSION = MIGRATIONS.at(-1)?.version ?? 0;

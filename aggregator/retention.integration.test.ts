@@ -118,8 +118,8 @@ async function writeOldMembership(client: pg.Client): Promise<void> {
     days,
   );
   await client.query(
-    `INSERT INTO period_users (source_partition, site, period, period_start, activity_type, user_id)
-     SELECT 0, 'old', 'hour', d + w * interval '1 hour', '', 'u' || u FROM ${grid}`,
+    `INSERT INTO period_users (source_partition, site, period, period_start, activity_type, user_ids)
+     SELECT 0, 'old', 'hour', d + w * interval '1 hour', '', ARRAY['u' || u] FROM ${grid}`,
     days,
   );
 }
@@ -142,7 +142,10 @@ async function writeStrayRows(client: pg.Client): Promise<{ deleted: number; kep
       `INSERT INTO window_events VALUES ($1, 60, 1, 'stray', false, 'x', 'click', 'ex')`,
       at,
     );
-    await client.query(`INSERT INTO period_users VALUES (1, 'stray', 'day', $1, '', 'x')`, at);
+    await client.query(
+      `INSERT INTO period_users VALUES (1, 'stray', 'day', $1, '', ARRAY['x'])`,
+      at,
+    );
   }
   // Four rows per instant (two users, an event, a period user).
   return { deleted: old.length * 4, kept: recent.length * 4 };
@@ -553,7 +556,7 @@ describe('retention', () => {
           [iso(at)],
         );
       } else {
-        await client.query(`INSERT INTO period_users VALUES (0, 's', 'hour', $1, '', 'u')`, [
+        await client.query(`INSERT INTO period_users VALUES (0, 's', 'hour', $1, '', ARRAY['u'])`, [
           iso(at),
         ]);
       }

@@ -12,6 +12,7 @@ import { Database } from './database.js';
 import { DeadLetterProducer } from './dead-letter.js';
 import { createAggregatorMetrics } from './metrics.js';
 import { migrate } from './migrations.js';
+import { PeriodUserCache } from './period-users.js';
 import { RetentionJob } from './retention.js';
 import { WorkerPool } from './worker-pool.js';
 
@@ -112,7 +113,12 @@ export async function startAggregator(
         idleAfterMs: Math.max(5000, config.allowedLatenessMs),
         // Two looks of the watchdog, and a second for the query itself.
         endOffsetsFreshMs: 2 * lookIntervalMs(config.consumerStallTimeoutMs) + 1000,
-        rollups: config.rollups ? { maxActivityTypes: config.maxActivityTypes } : null,
+        rollups: config.rollups
+          ? {
+              maxActivityTypes: config.maxActivityTypes,
+              periodUsers: new PeriodUserCache(config.maxHeldPeriodUsers),
+            }
+          : null,
         ...pauseBeforeCommit(config, logger),
       },
       metrics,

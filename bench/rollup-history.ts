@@ -154,16 +154,17 @@ export async function writeHistory(
       [start, firstKept, lastDay],
     );
     await client.query(
-      `INSERT INTO period_users (source_partition, site, period, period_start, activity_type, user_id)
-       SELECT part, $1, 'day', $2::timestamptz + day * interval '1 day', '', ${USER_ID_SQL('user_no')}
-         FROM history_users WHERE day >= $3`,
+      `INSERT INTO period_users (source_partition, site, period, period_start, activity_type, user_ids)
+       SELECT part, $1, 'day', $2::timestamptz + day * interval '1 day', '',
+              array_agg(${USER_ID_SQL('user_no')})
+         FROM history_users WHERE day >= $3 GROUP BY part, day`,
       [options.site, start, firstKept],
     );
     await client.query(
-      `INSERT INTO period_users (source_partition, site, period, period_start, activity_type, user_id)
+      `INSERT INTO period_users (source_partition, site, period, period_start, activity_type, user_ids)
        SELECT part, $1, 'hour', $2::timestamptz + (day * 24 + hour) * interval '1 hour', '',
-              ${USER_ID_SQL('user_no')}
-         FROM history_user_hours WHERE day >= $3`,
+              array_agg(${USER_ID_SQL('user_no')})
+         FROM history_user_hours WHERE day >= $3 GROUP BY part, day, hour`,
       [options.site, start, firstKept],
     );
   });
@@ -188,7 +189,7 @@ export async function writeHistory(
     [lastDay],
   );
   const rows = await client.query<{ metrics: string; users: string }>(
-    'SELECT (SELECT count(*) FROM period_metrics) AS metrics, (SELECT count(*) FROM period_users) AS users',
+    'SELECT (SELECT count(*) FROM period_metrics) AS metrics, (SELECT sum(cardinality(user_ids)) FROM period_users) AS users',
   );
   return {
     ...options,

@@ -53,10 +53,11 @@ export async function uniqueUsersOverRange(
        UNION ALL
        SELECT ${hllAddAggSql('u.user_id')}
          FROM selected r
-         JOIN period_users u
-           ON u.source_partition = r.source_partition AND u.site = r.site
-          AND u.period = r.period AND u.period_start = r.period_start
-          AND u.activity_type = r.activity_type
+         JOIN period_users l
+           ON l.source_partition = r.source_partition AND l.site = r.site
+          AND l.period = r.period AND l.period_start = r.period_start
+          AND l.activity_type = r.activity_type
+        CROSS JOIN LATERAL unnest(l.user_ids) AS u(user_id)
         WHERE r.users_hll IS NULL
      )
      SELECT (SELECT count(DISTINCT period_start) FROM selected) AS periods,

@@ -317,6 +317,7 @@ export class Aggregation {
     this.metrics.openWindows.set(open);
     this.metrics.heldUsers.set(users);
     this.metrics.heldEventIds.set(eventIds);
+    this.metrics.heldPeriodUsers.set(this.options.rollups?.periodUsers?.heldUsers ?? 0);
     this.metrics.assignedPartitions.set(this.partitions.size);
   }
 }

@@ -129,6 +129,11 @@ export function createAggregatorMetrics(registry: Registry) {
       help: 'Event ids held in memory to skip repeated events: open windows, and events waiting for closed windows (with the user ids, bounded by MAX_HELD_USER_IDS).',
       registers,
     }),
+    heldPeriodUsers: new Gauge({
+      name: 'aggregator_held_period_users',
+      help: 'Users of the hours and days being rolled up held in memory (bounded by MAX_HELD_PERIOD_USERS).',
+      registers,
+    }),
     heldUsersLimit: new Gauge({
       name: 'aggregator_held_user_ids_limit',
       help: 'MAX_HELD_USER_IDS: above it the oldest windows are written with their membership and leave memory.',

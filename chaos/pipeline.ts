@@ -228,6 +228,57 @@ export class ChaosPipeline {
     return this.ledger.judge(view ?? this.lastView);
   }
 
+  /**
+   * The hour and day figures against the stored membership of their windows (which `settle`
+   * judged against the ledger): every every-type hour and day row whose windows have all closed
+   * must hold exactly its windows' distinct users and events. Waits up to `timeoutMs` for the
+   * windows to close after the load stopped. Returns the periods checked and the mismatches.
+   */
+  async checkRollups(timeoutMs = 45_000): Promise<{ checked: number; problems: string[] }> {
+    const schema = this.resources.schema;
+    const deadline = Date.now() + timeoutMs;
+    while (Date.now() < deadline) {
+      const open = await this.pool
+        .query<{ n: string }>(
+          `SELECT count(*) AS n FROM ${schema}.user_activity_metrics WHERE NOT membership_stored`,
+        )
+        .catch(() => undefined);
+      if (open !== undefined && Number(open.rows[0]?.n) === 0) break;
+      await sleep(1000);
+    }
+    const result = await this.pool.query<{
+      period: string;
+      start: Date;
+      part: number;
+      unique_users: string;
+      event_count: string;
+      users: string;
+      events: string;
+    }>(
+      `SELECT p.period, p.period_start AS start, p.source_partition AS part, p.unique_users,
+              p.event_count, w.users, w.events
+         FROM ${schema}.period_metrics p
+        CROSS JOIN LATERAL (
+              SELECT count(DISTINCT e.user_id) AS users, count(*) AS events
+                FROM ${schema}.window_events e
+               WHERE e.source_partition = p.source_partition AND e.site = p.site
+                 AND e.window_start >= p.period_start AND e.window_start < p.period_end) w
+        WHERE p.activity_type = ''
+          AND NOT EXISTS (
+              SELECT 1 FROM ${schema}.user_activity_metrics m
+               WHERE m.source_partition = p.source_partition AND m.site = p.site
+                 AND m."timestamp" >= p.period_start AND m."timestamp" < p.period_end
+                 AND NOT m.membership_stored)`,
+    );
+    const problems = result.rows
+      .filter((row) => row.unique_users !== row.users || row.event_count !== row.events)
+      .map(
+        (row) =>
+          `${row.period} ${row.start.toISOString()} partition ${row.part}: ${row.unique_users} users and ${row.event_count} events, its windows hold ${row.users} and ${row.events}`,
+      );
+    return { checked: result.rows.length, problems };
+  }
+
   /** Sessions left idle inside a transaction for more than 5 s (a leak: nothing is flushing). */
   async idleInTransaction(): Promise<string[]> {
     const result = await this.pool.query<{ pid: number; app: string; age: string }>(

@@ -119,6 +119,11 @@ export async function runScenario(options: {
     log(`  ${scenario.name}: settling`);
     verdict = await pipeline.settle();
     for (const line of verdict.problems.slice(0, 10)) context.problem(`after settling: ${line}`);
+    const rollups = await pipeline.checkRollups();
+    for (const line of rollups.problems.slice(0, 10)) context.problem(`rollups: ${line}`);
+    if (rollups.checked === 0)
+      context.problem('rollups: no hour or day had all its windows closed');
+    counts['hour and day rows equal to their windows'] = rollups.checked - rollups.problems.length;
     for (const line of (await scenario.finish?.(context)) ?? []) context.problem(line);
   } catch (err) {
     context.problem(`scenario aborted: ${(err as Error).stack ?? String(err)}${pipeline.tails()}`);

@@ -98,6 +98,7 @@ export class Aggregation {
     for (const partition of partitions) {
       this.partitions.delete(partition);
       this.newestReceiveMs.delete(partition);
+      this.options.rollups?.periodUsers?.release(partition);
     }
     this.updateGauges();
   }

@@ -82,6 +82,12 @@ export class PeriodUserCache {
     this.epochs.set(partition, epoch);
   }
 
+  /** Forgets a partition's sets: it was revoked or lost. */
+  release(partition: number): void {
+    this.forget((period) => period.key.partition === partition);
+    this.epochs.delete(partition);
+  }
+
   /** The period, held from now on (its stored lists still to be read: `load`). */
   period(key: PeriodKey, end: number, timeZone: string): HeldPeriod {
     const id = keyOf(key);

@@ -290,7 +290,8 @@ const MIGRATIONS: ReadonlyArray<{ version: number; name: string; sql: string }> 
         period           TEXT        NOT NULL,
         period_start     TIMESTAMPTZ NOT NULL,
         activity_type    TEXT        NOT NULL,
-        user_ids         TEXT[]      NOT NULL
+        -- lz4: a flush's large lists are compressed several times faster than with pglz.
+        user_ids         TEXT[]      COMPRESSION lz4 NOT NULL
       ) PARTITION BY RANGE (period_start);
       CREATE INDEX period_users_period
         ON period_users (source_partition, site, period, period_start, activity_type);

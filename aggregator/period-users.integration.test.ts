@@ -2,13 +2,15 @@
  * The users of hours and days held in memory between flushes (`period-users.ts`) and stored as
  * lists: any user id survives the lists' encoding; the held sets stay exact across a flush that
  * fails between its writes and COMMIT, a new ownership epoch and a bound smaller than the
- * periods; and a database whose period users are stored one row per user (schema version 5) is
- * migrated to lists that later flushes count against. Real flush path (PartitionWindows fed by the
- * worker logic, writeFlush) into PostgreSQL, against sets of the users sent.
+ * periods; a sealed day's sketch grows by its late users; and a database whose period users are
+ * stored one row per user (schema version 5) is migrated to lists that later flushes count
+ * against. Real flush path (PartitionWindows fed by the worker logic, writeFlush) into
+ * PostgreSQL, against sets of the users sent.
  */
 import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
 import pg from 'pg';
+import { uniqueUsersOverRange } from '../shared/range-uniques.js';
 import { stackFromEnv } from '../shared/testing.js';
 import { aggregateBatch, packRecords } from './batch-aggregator.js';
 import { type PauseBeforeCommit, type RollupSettings, writeFlush } from './copy-writer.js';
@@ -315,4 +317,36 @@ test('period users stored one row per user (version 5) are migrated into lists t
   consume(setup, later);
   await flush(setup);
   await assertExact(setup.client, [...before, ...later]);
+});
+
+test('late users of a sealed day grow its sketch: a range over it stays exact', async () => {
+  const setup = await setUp(new PeriodUserCache());
+  const sent: Sent[] = [];
+  // Two days, each closed and sealed: the second day's windows close past the first's end.
+  for (const day of [0, 1]) {
+    const batch = events(`u${day}-`, 600, 300, D0 + day * DAY_MS + HOUR_MS);
+    consume(setup, batch, D0 + (day + 1) * DAY_MS + HOUR_MS);
+    await flush(setup);
+    sent.push(...batch);
+  }
+  const sealed = await setup.client.query<{ n: string }>(
+    `SELECT count(*) AS n FROM period_metrics WHERE period = 'day' AND users_hll IS NOT NULL`,
+  );
+  assert.ok(Number(sealed.rows[0]?.n) >= 2, 'both days sealed');
+  // Late events for the first day: users new to it and users it has.
+  const late = events('late-', 200, 150, D0 + 5 * HOUR_MS, 1).map((event, i) =>
+    i % 2 === 0 ? event : { ...event, user: `u0-${i % 300}` },
+  );
+  consume(setup, late, D0 + 2 * DAY_MS);
+  await flush(setup);
+  sent.push(...late);
+  await assertExact(setup.client, sent);
+  const answer = await uniqueUsersOverRange(setup.client, {
+    site: 'default',
+    period: 'day',
+    fromMs: D0,
+    toMs: D0 + 2 * DAY_MS,
+  });
+  assert.equal(answer.exact, true);
+  assert.equal(answer.uniqueUsers, new Set(sent.map((event) => event.user)).size);
 });

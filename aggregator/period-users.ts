@@ -17,6 +17,7 @@ import { CopyTextBuilder, encodeFields } from './copy-text.js';
  */
 
 const encoder = new TextEncoder();
+const decoder = new TextDecoder();
 
 /** One period of one partition, site and activity type ('' for every type). */
 export interface PeriodKey {
@@ -44,6 +45,14 @@ export class HeldPeriod {
     readonly end: number,
     readonly timeZone: string,
   ) {}
+
+  /** The users this flush found new to the period, as strings. */
+  addedUserIds(): string[] {
+    const arena = this.users.arenaBytes;
+    return this.added.map((position) =>
+      decoder.decode(arena.subarray(position + 2, this.users.entryEnd(position))),
+    );
+  }
 
   /** Counts one event of `user` (`source[start..end)`, hashed `hash`) in the period. */
   count(source: Uint8Array, start: number, end: number, hash: number, pageView: boolean): void {

@@ -40,19 +40,13 @@ export const OTHER_TYPE = 'other';
 
 /**
  * Creates the transaction's list of events newly stored by SQL (a merge or events for closed
- * windows; the rollups' input beside the closing windows) and the staging table of the users
- * new to their periods, both emptied at COMMIT.
+ * windows; the rollups' input beside the closing windows), emptied at COMMIT.
  */
 export async function prepareRollupSource(client: ClientBase): Promise<void> {
   await client.query(
     `CREATE TEMP TABLE IF NOT EXISTS rollup_source (
        site TEXT, window_start TIMESTAMPTZ, source_partition INTEGER, user_id TEXT,
        activity_type TEXT, page_view BOOLEAN) ON COMMIT DELETE ROWS`,
-  );
-  await client.query(
-    `CREATE TEMP TABLE IF NOT EXISTS rollup_new_users (
-       source_partition INTEGER, site TEXT, period TEXT, period_start TIMESTAMPTZ,
-       activity_type TEXT, user_ids TEXT[]) ON COMMIT DELETE ROWS`,
   );
 }
 
@@ -210,7 +204,7 @@ export async function rollUp(
   const touched = cache.touched();
   if (touched.length > 0) await writePeriods(client, touched);
   await sealSketches(client, progress);
-  await client.query('TRUNCATE rollup_source, rollup_new_users');
+  await client.query('TRUNCATE rollup_source');
   return { events, otherTyped };
 }
 
@@ -219,7 +213,14 @@ export async function rollUp(
  * period as one list, and grows the sketches of sealed periods by them.
  */
 async function writePeriods(client: ClientBase, touched: readonly HeldPeriod[]): Promise<void> {
-  await client.query(
+  const upserted = await client.query<{
+    source_partition: number;
+    site: string;
+    period: string;
+    period_start: Date;
+    activity_type: string;
+    sealed: boolean;
+  }>(
     `INSERT INTO period_metrics AS m
        (site, period, period_start, activity_type, source_partition, time_zone, period_end,
         unique_users, page_view_count, event_count)
@@ -229,7 +230,9 @@ async function writePeriods(client: ClientBase, touched: readonly HeldPeriod[]):
        unique_users    = m.unique_users + EXCLUDED.unique_users,
        page_view_count = m.page_view_count + EXCLUDED.page_view_count,
        event_count     = m.event_count + EXCLUDED.event_count,
-       updated_at      = now()`,
+       updated_at      = now()
+     RETURNING source_partition, site, period, period_start, activity_type,
+               users_hll IS NOT NULL AS sealed`,
     [
       touched.map((p) => p.key.site),
       touched.map((p) => p.key.period),
@@ -243,28 +246,61 @@ async function writePeriods(client: ClientBase, touched: readonly HeldPeriod[]):
       touched.map((p) => p.events),
     ],
   );
-  if (!touched.some((period) => period.added.length > 0)) return;
+  const withUsers = touched.filter((period) => period.added.length > 0);
+  if (withUsers.length === 0) return;
   await pipeline(
-    Readable.from(encodeAddedUsers(touched)),
-    client.query(copyFrom('COPY rollup_new_users FROM STDIN')),
+    Readable.from(encodeAddedUsers(withUsers)),
+    client.query(
+      copyFrom(
+        'COPY period_users (source_partition, site, period, period_start, activity_type, user_ids) FROM STDIN',
+      ),
+    ),
   );
-  await client.query('INSERT INTO period_users SELECT * FROM rollup_new_users');
-  // Sealed periods (late users) grow their sketch; the others are sealed from their lists.
-  await client.query(
-    `UPDATE period_metrics m SET users_hll = hll_union(m.users_hll, n.sketch)
-       FROM (SELECT l.source_partition, l.site, l.period, l.period_start, l.activity_type,
-                    ${hllAddAggSql('u.user_id')} AS sketch
-               FROM rollup_new_users l
-               JOIN period_metrics s
-                 ON s.source_partition = l.source_partition AND s.site = l.site
-                AND s.period = l.period AND s.period_start = l.period_start
-                AND s.activity_type = l.activity_type AND s.users_hll IS NOT NULL
-              CROSS JOIN LATERAL unnest(l.user_ids) AS u(user_id)
-              GROUP BY 1, 2, 3, 4, 5) n
-      WHERE m.source_partition = n.source_partition AND m.site = n.site
-        AND m.period = n.period AND m.period_start = n.period_start
-        AND m.activity_type = n.activity_type`,
+  // A sealed period (late users) grows its sketch by its new users; the others are sealed from
+  // their lists once their windows have closed.
+  const sealed = new Set(
+    upserted.rows
+      .filter((row) => row.sealed)
+      .map((row) =>
+        periodId(
+          row.source_partition,
+          row.site,
+          row.period,
+          row.period_start.getTime(),
+          row.activity_type,
+        ),
+      ),
   );
+  for (const period of withUsers) {
+    const { key } = period;
+    if (!sealed.has(periodId(key.partition, key.site, key.period, key.start, key.activityType))) {
+      continue;
+    }
+    await client.query(
+      `UPDATE period_metrics SET users_hll = hll_union(users_hll,
+         (SELECT ${hllAddAggSql('u')} FROM unnest($6::text[]) AS u))
+        WHERE source_partition = $1 AND site = $2 AND period = $3 AND period_start = $4
+          AND activity_type = $5`,
+      [
+        key.partition,
+        key.site,
+        key.period,
+        new Date(key.start).toISOString(),
+        key.activityType,
+        period.addedUserIds(),
+      ],
+    );
+  }
+}
+
+function periodId(
+  partition: number,
+  site: string,
+  period: string,
+  startMs: number,
+  activityType: string,
+): string {
+  return `${partition}\u0000${site}\u0000${period}\u0000${startMs}\u0000${activityType}`;
 }
 
 /**

@@ -99,7 +99,7 @@ export class PeriodUserCache {
 
   /** The period, held from now on (its stored lists still to be read: `load`). */
   period(key: PeriodKey, end: number, timeZone: string): HeldPeriod {
-    const id = keyOf(key);
+    const id = periodKeyId(key);
     let held = this.periods.get(id);
     if (held === undefined) {
       held = new HeldPeriod(key, end, timeZone);
@@ -175,7 +175,8 @@ export class PeriodUserCache {
   }
 }
 
-function keyOf(key: PeriodKey): string {
+/** A period's identity as one string (map keys). */
+export function periodKeyId(key: PeriodKey): string {
   return `${key.partition}\u0000${key.site}\u0000${key.period}\u0000${key.start}\u0000${key.activityType}`;
 }
 

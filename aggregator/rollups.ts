@@ -8,7 +8,9 @@ import {
   encodeAddedUsers,
   type HeldPeriod,
   type PartitionProgress,
+  type PeriodKey,
   PeriodUserCache,
+  periodKeyId,
 } from './period-users.js';
 import type { WindowMembership, WindowRow } from './window-state.js';
 
@@ -262,20 +264,18 @@ async function writePeriods(client: ClientBase, touched: readonly HeldPeriod[]):
     upserted.rows
       .filter((row) => row.sealed)
       .map((row) =>
-        periodId(
-          row.source_partition,
-          row.site,
-          row.period,
-          row.period_start.getTime(),
-          row.activity_type,
-        ),
+        periodKeyId({
+          partition: row.source_partition,
+          site: row.site,
+          period: row.period as PeriodKey['period'],
+          start: row.period_start.getTime(),
+          activityType: row.activity_type,
+        }),
       ),
   );
   for (const period of withUsers) {
     const { key } = period;
-    if (!sealed.has(periodId(key.partition, key.site, key.period, key.start, key.activityType))) {
-      continue;
-    }
+    if (!sealed.has(periodKeyId(key))) continue;
     await client.query(
       `UPDATE period_metrics SET users_hll = hll_union(users_hll,
          (SELECT ${hllAddAggSql('u')} FROM unnest($6::text[]) AS u))
@@ -291,16 +291,6 @@ async function writePeriods(client: ClientBase, touched: readonly HeldPeriod[]):
       ],
     );
   }
-}
-
-function periodId(
-  partition: number,
-  site: string,
-  period: string,
-  startMs: number,
-  activityType: string,
-): string {
-  return `${partition}\u0000${site}\u0000${period}\u0000${startMs}\u0000${activityType}`;
 }
 
 /**

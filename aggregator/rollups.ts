@@ -167,13 +167,14 @@ export async function rollUp(
   );
   await cache.load(client);
 
+  /** A type its site has no room for: counted as `other`. */
+  const pastLimit = (site: string, type: string) =>
+    type !== OTHER_TYPE && types(site, type) === OTHER_TYPE;
   let events = 0;
   let otherTyped = 0;
   closing.forEach(({ row, membership }, w) => {
     const byType = closingPeriods[w] as HeldPeriod[][];
-    const others = membership.typeNames.map(
-      (type) => type !== OTHER_TYPE && types(row.site, type) === OTHER_TYPE,
-    );
+    const others = membership.typeNames.map((type) => pastLimit(row.site, type));
     const users = membership.users;
     const arena = users.arenaBytes;
     const count = membership.pageViews.length;
@@ -197,9 +198,7 @@ export async function rollUp(
     for (const period of storedPeriods[r] as HeldPeriod[]) {
       period.count(bytes, 0, bytes.length, hash, row.page_view);
     }
-    if (row.activity_type !== OTHER_TYPE && types(row.site, row.activity_type) === OTHER_TYPE) {
-      otherTyped++;
-    }
+    if (pastLimit(row.site, row.activity_type)) otherTyped++;
     events++;
   });
 

@@ -10,7 +10,12 @@ import { sleep } from '../shared/lifecycle.js';
 import type { ConsumeRun } from './baselines/kcat-consumer.js';
 import { startCpuMeter } from './process-sampler.js';
 import type { BenchContext } from './scenario.js';
-import { type RunningService, readMetric, startAggregatorProcess } from './service-processes.js';
+import {
+  cpuProfileArgs,
+  type RunningService,
+  readMetric,
+  startAggregatorProcess,
+} from './service-processes.js';
 
 const POLL_MS = 100;
 
@@ -23,7 +28,17 @@ export interface AggregatorRun extends ConsumeRun {
   flushSec: number;
   /** Events the flushes added to the hour and day figures (`aggregator_rollup_events_total`). */
   rolledUp: number;
+  /**
+   * Where the machine's CPU went over the consumption, in percent of a core: every process, the
+   * broker's JVM, PostgreSQL's processes (the aggregator's own is `cpuPct`).
+   */
+  machineCpuPct: number;
+  brokerCpuPct: number;
+  postgresCpuPct: number;
 }
+
+/** The command names of the broker's and PostgreSQL's processes. */
+const STACK_COMMANDS = ['java', 'postgres'];
 
 export async function aggregatorCatchup(
   context: BenchContext,
@@ -53,6 +68,7 @@ export async function aggregatorCatchup(
     group: run,
     workers: options.workers,
     ...(options.env === undefined ? {} : { env: options.env }),
+    nodeArgs: cpuProfileArgs(context.config.aggregatorCpuProfileDir),
   });
   try {
     await options.whenStarted?.(service);
@@ -62,14 +78,14 @@ export async function aggregatorCatchup(
     // checkpoint reads before it are start-up, not consumption. (Starting at the first poll that
     // saw records would lose the records of that first interval, all of them in a small topic.)
     let startedAt = performance.now();
-    let meter = startCpuMeter([service.process.pid]);
+    let meter = startCpuMeter([service.process.pid], STACK_COMMANDS);
     while (consumed === 0) {
       if (!service.process.running || Date.now() > startDeadline) {
         throw new Error(`the aggregator consumed nothing within 60 s${service.process.tail()}`);
       }
       startedAt = performance.now();
       meter.stop();
-      meter = startCpuMeter([service.process.pid]);
+      meter = startCpuMeter([service.process.pid], STACK_COMMANDS);
       await sleep(POLL_MS / 2);
       consumed = (await readMetric(service.url, 'aggregator_records_consumed_total')) ?? 0;
     }
@@ -100,6 +116,9 @@ export async function aggregatorCatchup(
       flushes: await metric('aggregator_flushes_total'),
       flushSec: await metric('aggregator_flush_duration_seconds_sum'),
       rolledUp: await metric('aggregator_rollup_events_total'),
+      machineCpuPct: cpu.machine,
+      brokerCpuPct: cpu.byCommand.get('java') ?? 0,
+      postgresCpuPct: cpu.byCommand.get('postgres') ?? 0,
     };
     if (stored !== undefined) {
       const storedSec = (stored.atMs - startedAt) / 1000;

@@ -64,6 +64,8 @@ export interface BenchConfig {
    * none. For finding where a missed ratio's time goes; it slows the profiled process.
    */
   ingestCpuProfileDir: string | undefined;
+  /** The same for the aggregator's catch-up runs (every thread: main and workers). */
+  aggregatorCpuProfileDir: string | undefined;
 }
 
 /**
@@ -71,7 +73,7 @@ export interface BenchConfig {
  * (arguments or SCENARIO), and for trials BENCH_RUNS, BENCH_CATCHUP_EVENTS, BENCH_MEMORY_USERS,
  * BENCH_ROLLUP_DAYS, BENCH_ROLLUP_USERS_PER_DAY; BENCH_SOURCE_COMMIT names the commit
  * of a tree exported with `git archive` (no .git to ask); BENCH_INGEST_CPU_PROFILE_DIR profiles
- * ingest.
+ * ingest, BENCH_AGGREGATOR_CPU_PROFILE_DIR the aggregator's catch-up runs.
  */
 export function readBenchConfig(
   env: NodeJS.ProcessEnv,
@@ -104,6 +106,7 @@ export function readBenchConfig(
   });
   const sourceCommit = r.optionalString('BENCH_SOURCE_COMMIT');
   const ingestCpuProfileDir = r.optionalString('BENCH_INGEST_CPU_PROFILE_DIR');
+  const aggregatorCpuProfileDir = r.optionalString('BENCH_AGGREGATOR_CPU_PROFILE_DIR');
   const runs = r.int('BENCH_RUNS', smoke ? 1 : 3, { min: 1, max: 20 });
   r.finish();
   return {
@@ -130,5 +133,6 @@ export function readBenchConfig(
     flushIntervalSec: 2,
     sourceCommit,
     ingestCpuProfileDir,
+    aggregatorCpuProfileDir,
   };
 }

@@ -82,6 +82,19 @@ test('a smoke run of the bench writes sane results and the table', async () => {
     for (const contender of single.result.contenders) {
       assert.ok((contender.generatorCpuPct?.median ?? 0) > 0, 'the generator CPU is reported');
     }
+    const catchup = JSON.parse(
+      await readFile(join(dir, 'aggregate-catchup.json'), 'utf8'),
+    ) as ResultFile;
+    const aggregators = catchup.result.contenders.filter((c) => c.name.startsWith('aggregator-'));
+    assert.equal(aggregators.length, 3);
+    for (const contender of aggregators) {
+      // Where the rest of the machine went: the broker's and PostgreSQL's share beside it.
+      const cpu = (key: string) => (contender.extra?.[key] as Figure | undefined)?.median;
+      assert.ok((cpu('machineCpuPct') ?? 0) > 0, `${contender.name}: the machine's CPU`);
+      for (const key of ['brokerCpuPct', 'postgresCpuPct']) {
+        assert.ok((cpu(key) ?? -1) >= 0, `${contender.name}: ${key} = ${cpu(key)}`);
+      }
+    }
     const rollups = JSON.parse(await readFile(join(dir, 'rollups.json'), 'utf8')) as ResultFile;
     const ranges = rollups.result.contenders.filter((c) => c.throughput.unit === 'ms per call');
     assert.equal(ranges.length, 8, 'four ranges, open and sealed');

@@ -1,5 +1,6 @@
 /**
- * Where a V8 CPU profile's time went (`node --cpu-prof`, e.g. from BENCH_INGEST_CPU_PROFILE_DIR):
+ * Where a V8 CPU profile's time went (`node --cpu-prof`, e.g. from BENCH_INGEST_CPU_PROFILE_DIR or
+ * BENCH_AGGREGATOR_CPU_PROFILE_DIR):
  * the functions with the most self time, and the share of garbage collection, native code and
  * idle. Prints Markdown.
  *

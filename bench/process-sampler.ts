@@ -41,6 +41,34 @@ function threadCpuSeconds(): Map<number, number> {
   return threads;
 }
 
+/**
+ * User + system CPU seconds of every process whose command name (`comm`) is one of `names`, by
+ * pid: the broker's JVM (`java`) and PostgreSQL's processes (`postgres`), whatever their pids.
+ */
+function commandCpuSeconds(names: ReadonlySet<string>): Map<number, [string, number]> {
+  const found = new Map<number, [string, number]>();
+  let entries: string[];
+  try {
+    entries = readdirSync('/proc');
+  } catch {
+    return found;
+  }
+  for (const entry of entries) {
+    const pid = Number(entry);
+    if (!Number.isInteger(pid)) continue;
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      const name = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
+      if (!names.has(name)) continue;
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      found.set(pid, [name, (Number(fields[11]) + Number(fields[12])) / TICKS_PER_SEC]);
+    } catch {
+      // The process ended between the listing and the read.
+    }
+  }
+  return found;
+}
+
 /** Resident set size of `pid` in bytes (VmRSS), undefined once it is gone. */
 export function rssBytes(pid: number): number | undefined {
   try {
@@ -75,11 +103,32 @@ export interface CpuUse {
   selfBusiestThread: number;
   /** Every process on the machine: broker, Postgres, services, generator. */
   machine: number;
+  /** The processes of each command name asked for (`commands`), all together. */
+  byCommand: Map<string, number>;
 }
 
-/** Starts measuring; `stop()` returns the CPU used since, in percent of one core. */
-export function startCpuMeter(pids: readonly number[]): { stop(): CpuUse } {
+/** How often processes are looked up by command name (a walk of /proc; pids are cheaper). */
+const COMMAND_SAMPLE_MS = 500;
+
+/**
+ * Starts measuring; `stop()` returns the CPU used since, in percent of one core. `commands`:
+ * command names whose processes are measured together (a process started meanwhile counts from
+ * its start; one that ended counts up to its last sample).
+ */
+export function startCpuMeter(
+  pids: readonly number[],
+  commands: readonly string[] = [],
+): { stop(): CpuUse } {
   const startedAt = performance.now();
+  const names = new Set(commands);
+  const commandsBefore = names.size === 0 ? new Map() : commandCpuSeconds(names);
+  const commandsLatest = new Map(commandsBefore);
+  const sampleCommands = (): void => {
+    for (const [pid, sample] of commandCpuSeconds(names)) commandsLatest.set(pid, sample);
+  };
+  const commandTimer =
+    names.size === 0 ? undefined : setInterval(sampleCommands, COMMAND_SAMPLE_MS);
+  commandTimer?.unref();
   const before = new Map(pids.map((pid) => [pid, cpuSeconds(pid) ?? 0]));
   const selfBefore = process.cpuUsage();
   const threadsBefore = threadCpuSeconds();
@@ -102,6 +151,10 @@ export function startCpuMeter(pids: readonly number[]): { stop(): CpuUse } {
     stop(): CpuUse {
       clearInterval(timer);
       sample();
+      if (commandTimer !== undefined) {
+        clearInterval(commandTimer);
+        sampleCommands();
+      }
       const wallSec = (performance.now() - startedAt) / 1000;
       const byPid = new Map<number, number>();
       for (const pid of pids) {
@@ -113,6 +166,11 @@ export function startCpuMeter(pids: readonly number[]): { stop(): CpuUse } {
       for (const [tid, seconds] of threadsLatest) {
         busiest = Math.max(busiest, seconds - (threadsBefore.get(tid) ?? 0));
       }
+      const byCommand = new Map<string, number>(commands.map((name) => [name, 0]));
+      for (const [pid, [name, seconds]] of commandsLatest) {
+        const used = seconds - (commandsBefore.get(pid)?.[1] ?? 0);
+        byCommand.set(name, (byCommand.get(name) ?? 0) + (used / wallSec) * 100);
+      }
       const machineAfter = machineTicks();
       const totalTicks = machineAfter.total - machineBefore.total;
       return {
@@ -123,6 +181,7 @@ export function startCpuMeter(pids: readonly number[]): { stop(): CpuUse } {
           totalTicks === 0
             ? 0
             : ((machineAfter.busy - machineBefore.busy) / totalTicks) * 100 * cores,
+        byCommand,
       };
     },
   };

@@ -8,6 +8,11 @@ export interface RunningService {
   url: string;
 }
 
+/** Node's flags for a V8 CPU profile of every thread, written to `dir` on exit; none without. */
+export function cpuProfileArgs(dir: string | undefined): string[] {
+  return dir === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${dir}`];
+}
+
 export async function startIngestProcess(options: {
   kafkaBrokers: string;
   topic: string;
@@ -16,10 +21,7 @@ export async function startIngestProcess(options: {
   cpuProfileDir?: string | undefined;
 }): Promise<RunningService> {
   const port = await freeTcpPort();
-  const profile =
-    options.cpuProfileDir === undefined
-      ? []
-      : ['--cpu-prof', `--cpu-prof-dir=${options.cpuProfileDir}`];
+  const profile = cpuProfileArgs(options.cpuProfileDir);
   const process = new BenchProcess('ingest', [...profile, distScript('../ingest/main.js')], {
     KAFKA_BROKERS: options.kafkaBrokers,
     TOPIC: options.topic,

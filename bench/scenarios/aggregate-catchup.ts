@@ -5,13 +5,13 @@
  * aggregation on its main thread.
  */
 
-import { aggregatorCatchup } from '../aggregator-run.js';
+import { type AggregatorRun, aggregatorCatchup } from '../aggregator-run.js';
 import { type ConsumeRun, kcatAvailable, kcatConsume } from '../baselines/kcat-consumer.js';
 import { BenchProcess, distScript } from '../bench-process.js';
 import { atLeast, type Contender, type ScenarioResult } from '../bench-result.js';
 import { producedEvents } from '../event-generator.js';
 import { alternate, type BenchContext, num, type Scenario } from '../scenario.js';
-import { figure } from '../statistics.js';
+import { type Figure, figure } from '../statistics.js';
 
 export const aggregateCatchup: Scenario = {
   name: 'aggregate-catchup',
@@ -38,7 +38,7 @@ export const aggregateCatchup: Scenario = {
     const contenders: Array<{
       name: string;
       role: 'target' | 'baseline';
-      run: () => Promise<ConsumeRun>;
+      run: () => Promise<CatchupRun>;
     }> = [];
     const aggregator = (workers: number) => () =>
       aggregatorCatchup(context, {
@@ -128,6 +128,7 @@ export const aggregateCatchup: Scenario = {
             runs.map((run) => run.elapsedSec),
             's',
           ),
+          ...stackCpu(runs),
         },
       };
     });
@@ -177,6 +178,26 @@ export const aggregateCatchup: Scenario = {
 };
 
 const BENCH_PARTITIONS_TEXT = '6 partitions';
+
+/** A contender's run; the aggregator's also says where the rest of the machine's CPU went. */
+type CatchupRun = ConsumeRun &
+  Partial<Pick<AggregatorRun, 'machineCpuPct' | 'brokerCpuPct' | 'postgresCpuPct'>>;
+
+/** The machine's, the broker's and PostgreSQL's CPU over the runs that measured them. */
+function stackCpu(runs: readonly CatchupRun[]): Record<string, Figure> {
+  const measured = runs.filter((run) => run.machineCpuPct !== undefined);
+  if (measured.length === 0) return {};
+  const of = (pick: (run: CatchupRun) => number | undefined) =>
+    figure(
+      measured.map((run) => pick(run) ?? 0),
+      '% of a core',
+    );
+  return {
+    machineCpuPct: of((run) => run.machineCpuPct),
+    brokerCpuPct: of((run) => run.brokerCpuPct),
+    postgresCpuPct: of((run) => run.postgresCpuPct),
+  };
+}
 
 /** A consumer baseline in its own process (`bench/baselines/<script>`), reading `topic` once. */
 async function baselineConsume(

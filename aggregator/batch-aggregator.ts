@@ -340,15 +340,34 @@ export function packRecords(
  * buffers that grow by doubling: the consumer's only per-record work on the main thread.
  */
 export class RecordPacker {
-  private values: Uint8Array = new Uint8Array(64 * 1024);
-  private keys: Uint8Array = new Uint8Array(8 * 1024);
-  private valueEnds = new Int32Array(256);
-  private keyEnds = new Int32Array(256);
-  private offsets = new Float64Array(256);
-  private timestamps = new Float64Array(256);
+  private values: Uint8Array;
+  private keys: Uint8Array;
+  private valueEnds: Int32Array;
+  private keyEnds: Int32Array;
+  private offsets: Float64Array;
+  private timestamps: Float64Array;
   private valuesUsed = 0;
   private keysUsed = 0;
   private count = 0;
+
+  /**
+   * `expected`: what the partition's previous batch held (`sizes`). Its buffers start a quarter
+   * larger, so a batch like the last one never grows them: growing copies what is packed so far.
+   */
+  constructor(expected?: PackerSizes) {
+    const records = roomFor(expected?.records, 256);
+    this.values = new Uint8Array(roomFor(expected?.valueBytes, 64 * 1024));
+    this.keys = new Uint8Array(roomFor(expected?.keyBytes, 8 * 1024));
+    this.valueEnds = new Int32Array(records);
+    this.keyEnds = new Int32Array(records);
+    this.offsets = new Float64Array(records);
+    this.timestamps = new Float64Array(records);
+  }
+
+  /** What this batch holds: the next packer of its partition starts from it. */
+  get sizes(): PackerSizes {
+    return { records: this.count, valueBytes: this.valuesUsed, keyBytes: this.keysUsed };
+  }
 
   /** Records packed so far. */
   get length(): number {
@@ -404,15 +423,18 @@ export class RecordPacker {
     }
   }
 
-  /** The packed records, trimmed to their size; the packer must not be used after. */
+  /**
+   * The packed records, as views of their size over the packer's buffers (not copies: the
+   * buffers are transferred to the worker whole); the packer must not be used after.
+   */
   finish(): PackedRecords {
     return {
-      values: this.values.slice(0, this.valuesUsed),
-      valueEnds: this.valueEnds.slice(0, this.count),
-      keys: this.keys.slice(0, this.keysUsed),
-      keyEnds: this.keyEnds.slice(0, this.count),
-      offsets: this.offsets.slice(0, this.count),
-      timestamps: this.timestamps.slice(0, this.count),
+      values: this.values.subarray(0, this.valuesUsed),
+      valueEnds: this.valueEnds.subarray(0, this.count),
+      keys: this.keys.subarray(0, this.keysUsed),
+      keyEnds: this.keyEnds.subarray(0, this.count),
+      offsets: this.offsets.subarray(0, this.count),
+      timestamps: this.timestamps.subarray(0, this.count),
     };
   }
 
@@ -423,6 +445,18 @@ export class RecordPacker {
     this.offsets = withCapacity(this.offsets, size);
     this.timestamps = withCapacity(this.timestamps, size);
   }
+}
+
+/** How much a `RecordPacker` held: records, and bytes of values and of keys. */
+export interface PackerSizes {
+  records: number;
+  valueBytes: number;
+  keyBytes: number;
+}
+
+/** Room for a quarter more than `expected`, and at least `minimum`. */
+function roomFor(expected: number | undefined, minimum: number): number {
+  return Math.max(minimum, Math.ceil((expected ?? 0) * 1.25));
 }
 
 /** `bytes` with `item` written at `used`: the same buffer, or a doubled one when it is full. */

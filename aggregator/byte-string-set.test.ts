@@ -22,6 +22,22 @@ describe('ByteStringSet', () => {
     assert.equal(set.size, reference.size);
   });
 
+  test('ids of every length up to hundreds of bytes, short and long copies alike, read back whole', () => {
+    const set = new ByteStringSet(4);
+    const ids = Array.from({ length: 300 }, (_, n) => 'abcdefghij'.repeat(30).slice(0, n));
+    for (const id of ids) assert.equal(set.addBytes(utf8(`${id}!`)), true);
+    for (const id of ids)
+      assert.equal(set.addBytes(utf8(`${id}!`)), false, `${id.length + 1} bytes`);
+    const read: string[] = [];
+    set.forEach((arena, start, end) =>
+      read.push(Buffer.from(arena.subarray(start, end)).toString()),
+    );
+    assert.deepEqual(
+      read,
+      ids.map((id) => `${id}!`),
+    );
+  });
+
   test('ids that share a hash are still two ids: equality is decided by the bytes', () => {
     // A full 32-bit hash collision between two different ids (the birthday bound finds one
     // within a few hundred thousand ids).

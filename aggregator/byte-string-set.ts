@@ -16,6 +16,8 @@
 const MAX_LOAD = 0.7;
 /** Arena bytes before each entry: its length, little-endian. */
 const LENGTH_BYTES = 2;
+/** Entries up to this long are copied byte by byte (see `append`). */
+const SHORT_COPY_BYTES = 64;
 const MAX_ENTRY_BYTES = 0xffff;
 
 export class ByteStringSet {
@@ -145,9 +147,16 @@ export class ByteStringSet {
       this.arena = grown;
     }
     const position = this.used;
-    this.arena[position] = length & 0xff;
-    this.arena[position + 1] = length >>> 8;
-    this.arena.set(source.subarray(start, start + length), position + LENGTH_BYTES);
+    const arena = this.arena;
+    arena[position] = length & 0xff;
+    arena[position + 1] = length >>> 8;
+    if (length <= SHORT_COPY_BYTES) {
+      // Ids are short: a loop beats making a subarray view for `set`.
+      const to = position + LENGTH_BYTES - start;
+      for (let i = start; i < start + length; i++) arena[to + i] = source[i] as number;
+    } else {
+      arena.set(source.subarray(start, start + length), position + LENGTH_BYTES);
+    }
     this.used = needed;
     return position;
   }

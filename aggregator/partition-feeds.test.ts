@@ -99,4 +99,29 @@ describe('PartitionFeeds', () => {
     assert.equal(feeds.next(Date.now()), undefined, 'waits for its retry time');
     assert.equal(feeds.next(Date.now() + 61_000)?.partition, 0);
   });
+
+  test("a partition's next batch is sized from its last, and a batch hands over its records only", () => {
+    const feeds = new PartitionFeeds();
+    feeds.assign(0, -1, true);
+    const big = Array.from({ length: 2_000 }, (_, i) =>
+      message(0, i, `value-${i}`.padEnd(100, '.')),
+    );
+    feeds.take(big, feeds.sequence, noGap);
+    const first = feeds.next(Date.now());
+    const packed = first?.packer.finish();
+    assert.equal(packed?.offsets.length, 2_000);
+    assert.equal(packed?.values.length, 200_000);
+    assert.deepEqual(first?.feed.lastBatch, {
+      records: 2_000,
+      valueBytes: 200_000,
+      keyBytes: big.reduce((sum, m) => sum + (m.key?.length ?? 0), 0),
+    });
+    feeds.take([message(0, 2_000), message(0, 2_001)], feeds.sequence, noGap);
+    const second = feeds.next(Date.now())?.packer.finish();
+    // Views of the records' size over buffers sized for a batch like the last.
+    assert.deepEqual([...(second?.offsets ?? [])], [2_000, 2_001]);
+    assert.equal(Buffer.from(second?.values ?? []).toString(), 'v2000v2001');
+    assert.deepEqual([...(second?.valueEnds ?? [])], [5, 10]);
+    assert.ok((second?.values.buffer.byteLength ?? 0) >= 200_000);
+  });
 });

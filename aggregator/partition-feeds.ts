@@ -6,7 +6,7 @@
  * `take` says.
  */
 import type { Message } from '@confluentinc/kafka-javascript';
-import { RecordPacker } from './batch-aggregator.js';
+import { type PackerSizes, RecordPacker } from './batch-aggregator.js';
 
 /** librdkafka's logical offset for "the beginning of the partition". */
 export const OFFSET_BEGINNING = -2;
@@ -27,6 +27,8 @@ export interface Feed {
   inHand: Promise<void> | undefined;
   /** A failed batch is read again from here on, not before. */
   retryAtMs: number;
+  /** What the partition's last batch held: its next packer is sized for as much. */
+  lastBatch: PackerSizes | undefined;
 }
 
 /** What `take` found besides the records it packed. */
@@ -85,6 +87,7 @@ export class PartitionFeeds {
       readFromBeginning: fromBeginning,
       inHand: undefined,
       retryAtMs: 0,
+      lastBatch: undefined,
     });
   }
 
@@ -166,7 +169,7 @@ export class PartitionFeeds {
       }
       feed.fromBeginning = false;
       if (feed.packer === undefined) {
-        feed.packer = new RecordPacker();
+        feed.packer = new RecordPacker(feed.lastBatch);
         feed.waitingSince = ++this.waitingSequence;
       }
       const before = feed.packer.bytes;
@@ -201,6 +204,7 @@ export class PartitionFeeds {
     const [partition, feed] = next;
     const packer = feed.packer as RecordPacker;
     feed.packer = undefined;
+    feed.lastBatch = packer.sizes;
     this.waiting -= packer.bytes;
     return { partition, feed, packer };
   }

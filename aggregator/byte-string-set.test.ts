@@ -29,9 +29,9 @@ describe('ByteStringSet', () => {
     for (const id of ids)
       assert.equal(set.addBytes(utf8(`${id}!`)), false, `${id.length + 1} bytes`);
     const read: string[] = [];
-    set.forEach((arena, start, end) =>
-      read.push(Buffer.from(arena.subarray(start, end)).toString()),
-    );
+    set.forEach((arena, start, end) => {
+      read.push(Buffer.from(arena.subarray(start, end)).toString());
+    });
     assert.deepEqual(
       read,
       ids.map((id) => `${id}!`),

@@ -10,33 +10,17 @@ const TICKS_PER_SEC = 100;
 
 /** User + system CPU seconds of `pid`, all threads included; undefined once it is gone. */
 export function cpuSeconds(pid: number): number | undefined {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    // Fields 14 and 15 of stat(5), counted from the state field (3) here.
-    return (Number(fields[11]) + Number(fields[12])) / TICKS_PER_SEC;
-  } catch {
-    return undefined;
-  }
+  const stat = readStat(`/proc/${pid}/stat`);
+  return stat === undefined ? undefined : stat.cpuSeconds;
 }
 
 /** User + system CPU seconds of each thread of this process, by thread id. */
 function threadCpuSeconds(): Map<number, number> {
   const threads = new Map<number, number>();
-  let tids: string[];
-  try {
-    tids = readdirSync('/proc/self/task');
-  } catch {
-    return threads;
-  }
-  for (const tid of tids) {
-    try {
-      const stat = readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
-      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      threads.set(Number(tid), (Number(fields[11]) + Number(fields[12])) / TICKS_PER_SEC);
-    } catch {
-      // The thread ended between the listing and the read.
-    }
+  for (const tid of entriesOf('/proc/self/task')) {
+    // A thread that ended between the listing and the read is left out.
+    const stat = readStat(`/proc/self/task/${tid}/stat`);
+    if (stat !== undefined) threads.set(Number(tid), stat.cpuSeconds);
   }
   return threads;
 }
@@ -47,26 +31,39 @@ function threadCpuSeconds(): Map<number, number> {
  */
 function commandCpuSeconds(names: ReadonlySet<string>): Map<number, [string, number]> {
   const found = new Map<number, [string, number]>();
-  let entries: string[];
-  try {
-    entries = readdirSync('/proc');
-  } catch {
-    return found;
-  }
-  for (const entry of entries) {
+  for (const entry of entriesOf('/proc')) {
     const pid = Number(entry);
     if (!Number.isInteger(pid)) continue;
-    try {
-      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-      const name = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
-      if (!names.has(name)) continue;
-      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      found.set(pid, [name, (Number(fields[11]) + Number(fields[12])) / TICKS_PER_SEC]);
-    } catch {
-      // The process ended between the listing and the read.
-    }
+    const stat = readStat(`/proc/${pid}/stat`);
+    if (stat !== undefined && names.has(stat.name)) found.set(pid, [stat.name, stat.cpuSeconds]);
   }
   return found;
+}
+
+/** A process's or thread's command name and CPU seconds, from its stat file; undefined if gone. */
+function readStat(path: string): { name: string; cpuSeconds: number } | undefined {
+  let stat: string;
+  try {
+    stat = readFileSync(path, 'utf8');
+  } catch {
+    return undefined;
+  }
+  const close = stat.lastIndexOf(')');
+  const fields = stat.slice(close + 2).split(' ');
+  // Fields 14 and 15 of stat(5) (utime, stime), counted from the state field (3) here.
+  return {
+    name: stat.slice(stat.indexOf('(') + 1, close),
+    cpuSeconds: (Number(fields[11]) + Number(fields[12])) / TICKS_PER_SEC,
+  };
+}
+
+/** The names in a /proc directory; none once it is gone. */
+function entriesOf(dir: string): string[] {
+  try {
+    return readdirSync(dir);
+  } catch {
+    return [];
+  }
 }
 
 /** Resident set size of `pid` in bytes (VmRSS), undefined once it is gone. */

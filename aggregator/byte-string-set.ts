@@ -95,7 +95,12 @@ export class ByteStringSet {
     return this.arena;
   }
 
-  /** The bytes of the entry at arena `position`: `arenaBytes[position + 2 .. entryEnd)`. */
+  /** The bytes of the entry at arena `position`: `arenaBytes[entryStart .. entryEnd)`. */
+  entryStart(position: number): number {
+    return position + LENGTH_BYTES;
+  }
+
+  /** Where the bytes of the entry at arena `position` end (see `entryStart`). */
   entryEnd(position: number): number {
     const arena = this.arena;
     const length = (arena[position] as number) | ((arena[position + 1] as number) << 8);

@@ -169,7 +169,7 @@ export function* encodeMembership(
         out
           .raw(prefix)
           .raw(membership.pageViews[i] === 1 ? viewed : notViewed)
-          .lastTextField(arena, user + 2, users.entryEnd(user))
+          .lastTextField(arena, users.entryStart(user), users.entryEnd(user))
           .raw(TAB_BYTES)
           .raw(types[membership.eventTypes[i] as number] as Uint8Array)
           .lastTextField(ids, start, end)

@@ -50,7 +50,9 @@ export class HeldPeriod {
   addedUserIds(): string[] {
     const arena = this.users.arenaBytes;
     return this.added.map((position) =>
-      decoder.decode(arena.subarray(position + 2, this.users.entryEnd(position))),
+      decoder.decode(
+        arena.subarray(this.users.entryStart(position), this.users.entryEnd(position)),
+      ),
     );
   }
 
@@ -205,7 +207,7 @@ export function* encodeAddedUsers(periods: readonly HeldPeriod[]): Generator<Uin
     const arena = users.arenaBytes;
     let first = true;
     for (const position of period.added) {
-      out.arrayElement(arena, position + 2, users.entryEnd(position), first);
+      out.arrayElement(arena, users.entryStart(position), users.entryEnd(position), first);
       first = false;
     }
     out.raw(close);

@@ -180,7 +180,7 @@ export async function rollUp(
     const count = membership.pageViews.length;
     for (let i = 0; i < count; i++) {
       const user = membership.eventUsers[i] as number;
-      const start = user + 2;
+      const start = users.entryStart(user);
       const end = users.entryEnd(user);
       const hash = hashBytes(arena, start, end);
       const pageView = membership.pageViews[i] === 1;

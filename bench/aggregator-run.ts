@@ -132,6 +132,25 @@ export async function aggregatorCatchup(
     return result;
   } finally {
     await service.process.stop();
+    // A PostgreSQL that cannot be reached fails the next run anyway; keep this run's error.
+    await dropRunSchema(context.databaseUrl, run).catch(() => {});
+  }
+}
+
+/**
+ * Drops a finished run's schema and takes a checkpoint, so that the next run starts from the same
+ * PostgreSQL: otherwise autovacuum works through every earlier run's membership tables, and the
+ * checkpointer writes their pages, while the next run is measured.
+ */
+export async function dropRunSchema(databaseUrl: string, schema: string): Promise<void> {
+  const db = new pg.Client({ connectionString: databaseUrl });
+  await db.connect();
+  try {
+    await db.query(`DROP SCHEMA IF EXISTS ${schema} CASCADE`);
+    // CHECKPOINT needs a superuser or pg_checkpoint; without either, runs share the checkpointer.
+    await db.query('CHECKPOINT').catch(() => {});
+  } finally {
+    await db.end().catch(() => {});
   }
 }
 

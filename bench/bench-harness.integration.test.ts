@@ -13,6 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import pg from 'pg';
 import { stackFromEnv } from '../shared/testing.js';
 import type { ResultFile } from './results-report.js';
 import type { Figure } from './statistics.js';
@@ -34,6 +35,7 @@ test('a smoke run of the bench writes sane results and the table', async () => {
       BENCH_RESULTS_DIR: dir,
     };
     delete env.NODE_TEST_CONTEXT;
+    const runSchemasBefore = await catchupRunSchemas(stack.databaseUrl);
     let output = '';
     const child = spawn(process.execPath, [RUN_BENCH, ...SCENARIOS], {
       env,
@@ -118,6 +120,10 @@ test('a smoke run of the bench writes sane results and the table', async () => {
     assert.equal(query.result.ratios.length, 5, 'two p99 ratios per query, and the stream');
     assert.equal(query.result.warnings.length, 0, query.result.warnings.join('; '));
 
+    // Each catch-up run drops its schema, so that the next run is not measured against
+    // autovacuum working through the last one's tables.
+    assert.equal(await catchupRunSchemas(stack.databaseUrl), runSchemasBefore);
+
     const table = await readFile(join(dir, 'RESULTS.md'), 'utf8');
     for (const scenario of SCENARIOS) assert.match(table, new RegExp(`## ${scenario}`));
     assert.match(table, /\| ingest-single \| .* \| (met|\*\*missed\*\*) \|/);
@@ -127,3 +133,18 @@ test('a smoke run of the bench writes sane results and the table', async () => {
     await rm(dir, { recursive: true, force: true });
   }
 });
+
+/** Schemas left by bench catch-up runs (`BenchTopics.name('agg_w…')`). */
+async function catchupRunSchemas(databaseUrl: string): Promise<number> {
+  const db = new pg.Client({ connectionString: databaseUrl });
+  await db.connect();
+  try {
+    const result = await db.query<{ n: number }>(
+      `SELECT count(*)::int AS n FROM information_schema.schemata
+        WHERE schema_name LIKE 'bench\\_%\\_agg\\_w%'`,
+    );
+    return result.rows[0]?.n ?? 0;
+  } finally {
+    await db.end();
+  }
+}

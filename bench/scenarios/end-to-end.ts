@@ -4,6 +4,7 @@
  * stays flat and the freshness (event received → visible in PostgreSQL) p50/p99.
  */
 import { sleep } from '../../shared/lifecycle.js';
+import { dropRunSchema } from '../aggregator-run.js';
 import { kcatAvailable } from '../baselines/kcat-consumer.js';
 import { atLeast, atMost, type ScenarioResult } from '../bench-result.js';
 import { singleEventBodies } from '../event-generator.js';
@@ -152,6 +153,7 @@ export const endToEnd: Scenario = {
       } finally {
         await tracker.stop().catch(() => {});
         await Promise.all([ingest.process.stop(), aggregator.process.stop()]);
+        await dropRunSchema(context.databaseUrl, name).catch(() => {});
       }
     };
     const results = await alternate(

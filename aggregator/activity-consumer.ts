@@ -7,6 +7,7 @@ import type { RecordPacker } from './batch-aggregator.js';
 import { ConsumerWatchdog, type Excuses, type WatchedConsumer } from './consumer-watchdog.js';
 import type { Database } from './database.js';
 import type { AggregatorMetrics } from './metrics.js';
+import { MissingPositions } from './missing-positions.js';
 import {
   ASSIGN_PARTITIONS,
   CONSUME_MAX_MESSAGES,
@@ -114,14 +115,8 @@ export class ActivityConsumer implements WatchedConsumer {
   /** Batches delivered so far, and each assigned partition's next offset to deliver. */
   deliveries = 0;
   readonly positions = new Map<number, Position>();
-  /**
-   * Each assigned partition's stored position (the checkpoint's `resumeFrom`): the first offset
-   * PostgreSQL does not reflect. Reading starts earlier when open windows are rebuilt, so the
-   * position above can be behind it.
-   */
-  private readonly storedPositions = new Map<number, number>();
-  /** When each partition was assigned: ends read before that say nothing about its positions. */
-  private readonly assignedAtMs = new Map<number, number>();
+  /** Stored positions no longer in the topic: the partitions they stop, the records skipped. */
+  private readonly missing: MissingPositions;
   /** Rebalance callbacks running (they read checkpoints, flush): deliveries wait meanwhile. */
   private rebalancing = 0;
   /** The replacement of a stopped consumer, while it runs. */
@@ -138,11 +133,6 @@ export class ActivityConsumer implements WatchedConsumer {
   private lastConsumeErrorLogMs = 0;
   private writesOk = true;
   private pausedFor = new Set<'database'>();
-  /**
-   * Partitions whose position is no longer in the topic: they wait, paused, until the partition
-   * is revoked or the process restarts (an operator decides; see `noteEnds`).
-   */
-  private readonly stoppedPartitions = new Set<number>();
   private readonly batchesInHand = new Set<Promise<void>>();
   /**
    * The flush started by the timer or by BATCH_SIZE, while it runs in the background: another
@@ -159,6 +149,7 @@ export class ActivityConsumer implements WatchedConsumer {
     private readonly metrics: AggregatorMetrics,
     private readonly logger: Logger,
   ) {
+    this.missing = new MissingPositions(options.offsetReset, metrics, logger);
     this.consumer = this.createConsumer();
     aggregation.onLost = (partition) =>
       this.logger.warn(
@@ -305,7 +296,7 @@ export class ActivityConsumer implements WatchedConsumer {
   /** Packs each record into its partition's feed (`PartitionFeeds.take`). */
   private take(messages: readonly Message[], resetBefore: number): void {
     const taken = this.feeds.take(messages, resetBefore, (partition, expected, offset) =>
-      this.noteSkipped(partition, expected, offset),
+      this.missing.noteSkipped(partition, expected, offset),
     );
     if (taken.redelivered > 0) this.metrics.redelivered.inc(taken.redelivered);
     // Dropped as fetched before their position was set anew: read again from the feed's end.
@@ -452,15 +443,8 @@ export class ActivityConsumer implements WatchedConsumer {
   /**
    * The broker's ends, from the watchdog's look: they tell the aggregation which partitions are
    * caught up (the clock may close their windows), and they find positions that are no longer in
-   * the topic. A partition stops — paused, loudly, until an operator restarts the process (docs:
-   * OPERATIONS, "AggregatorOffsetsMissing") — when
-   * - its reading position is below the earliest offset (retention removed records it needs),
-   *   with OFFSET_RESET=stop; with OFFSET_RESET=earliest librdkafka moves on to the earliest
-   *   offset and `noteSkipped` counts the gap;
-   * - its stored position lies past the end, whatever OFFSET_RESET says: the topic was recreated
-   *   and its offsets belong to a new log. The reading position can be inside the new log (it is
-   *   where open windows are rebuilt from), so librdkafka would read the new records as a replay
-   *   of the old ones and count none of them.
+   * the topic, whose partitions stop, paused, until an operator restarts the process
+   * (`MissingPositions`).
    */
   noteEnds(
     ends: ReadonlyMap<number, PartitionEnd>,
@@ -470,76 +454,11 @@ export class ActivityConsumer implements WatchedConsumer {
     const highs = new Map<number, number>();
     for (const [partition, end] of ends) highs.set(partition, end.high);
     this.aggregation.noteEnds(highs, observedAtMs);
-    // Positions taken before the ends were asked for: a position read later can lie past an end
-    // read earlier without anything being wrong.
-    for (const [partition, position] of positionsBefore) {
-      const end = ends.get(partition);
-      if (
-        end === undefined ||
-        position === 'beginning' ||
-        this.stoppedPartitions.has(partition) ||
-        !this.positions.has(partition)
-      ) {
-        continue;
-      }
-      // The stop lasts until a restart: only evidence counts. Ends asked for before the
-      // assignment are older than its stored position (another instance wrote it meanwhile:
-      // seen with two replicas, stored 309 against an end of 307 read a moment before); an
-      // answer that is no offset is a partition's error.
-      const assignedAtMs = this.assignedAtMs.get(partition);
-      if (assignedAtMs === undefined || assignedAtMs >= observedAtMs) continue;
-      if (end.low < 0 || end.high < end.low) continue;
-      // The stored position, not the reading one: that one moves with every batch and can pass
-      // an end read a moment ago (seen in a chaos run: every partition of a fresh topic stopped).
-      const stored = this.storedPositions.get(partition);
-      const pastEnd = stored !== undefined && stored > end.high;
-      const gone = position < end.low && this.options.offsetReset === 'stop';
-      if (!pastEnd && !gone) continue;
-      this.stoppedPartitions.add(partition);
-      this.pausePartitions([partition]);
-      this.metrics.offsetsMissing.set({ partition: String(partition) }, 1);
-      this.logger.error(
-        {
-          partition,
-          position,
-          stored,
-          earliest: end.low,
-          end: end.high,
-          cause: pastEnd
-            ? 'the stored position lies past the end: the topic was recreated?'
-            : stored === undefined || stored < end.low
-              ? 'retention removed records that were never counted'
-              : 'retention removed records of windows still open: they cannot be rebuilt',
-        },
-        'stored position is no longer in the topic; partition stopped (see OFFSET_RESET)',
-      );
-    }
-    for (const partition of this.stoppedPartitions) {
-      if (!this.positions.has(partition)) {
-        this.stoppedPartitions.delete(partition);
-        this.metrics.offsetsMissing.remove({ partition: String(partition) });
-      }
-    }
-    return this.stoppedPartitions;
-  }
-
-  /**
-   * A record past the partition's stored position that does not follow the one before skipped
-   * records that were never counted: librdkafka moved on to the earliest offset
-   * (OFFSET_RESET=earliest) because retention had removed them. Records between the reading
-   * position and the stored position were counted already (they were only to rebuild open
-   * windows): losing them skips nothing.
-   */
-  private noteSkipped(partition: number, expected: number, offset: number): void {
-    const from = Math.max(expected, this.storedPositions.get(partition) ?? expected);
-    const skipped = offset - from;
-    // One offset can be a transaction's commit marker; more is a gap.
-    if (skipped <= 1) return;
-    this.metrics.offsetsSkipped.inc({ partition: String(partition) }, skipped);
-    this.logger.error(
-      { partition, position: from, resumedAt: offset, skipped },
-      'records were skipped: the stored position was no longer in the topic',
+    const stopped = this.missing.check(ends, observedAtMs, positionsBefore, (partition) =>
+      this.positions.has(partition),
     );
+    this.pausePartitions(stopped);
+    return this.missing.stopped;
   }
 
   /** What excuses the consumer's silence now (see `ConsumerWatchdog`). */
@@ -680,7 +599,7 @@ export class ActivityConsumer implements WatchedConsumer {
     this.logger.info('consumption resumed');
     this.aggregation.restartIdleClocks(Date.now());
     // Stopped partitions stay paused: they wait for an operator, not for the database.
-    const partitions = this.feeds.partitions.filter((p) => !this.stoppedPartitions.has(p));
+    const partitions = this.feeds.partitions.filter((p) => !this.missing.stopped.has(p));
     try {
       this.consumer.resume(
         partitions.map((partition) => ({ topic: this.options.topic, partition })),
@@ -730,9 +649,7 @@ export class ActivityConsumer implements WatchedConsumer {
           checkpoint.replayFrom === null,
         );
         this.positions.set(tp.partition, checkpoint.replayFrom ?? 'beginning');
-        this.assignedAtMs.set(tp.partition, Date.now());
-        if (checkpoint.resumeFrom === null) this.storedPositions.delete(tp.partition);
-        else this.storedPositions.set(tp.partition, checkpoint.resumeFrom);
+        this.missing.assigned(tp.partition, checkpoint.resumeFrom, Date.now());
         this.logger.info({ partition: tp.partition, ...checkpoint }, 'partition assigned');
       }
       applyAssignment(consumer, code, positioned);
@@ -767,8 +684,7 @@ export class ActivityConsumer implements WatchedConsumer {
     for (const partition of partitions) {
       this.feeds.delete(partition);
       this.positions.delete(partition);
-      this.storedPositions.delete(partition);
-      this.assignedAtMs.delete(partition);
+      this.missing.forget(partition);
       this.metrics.partitionLag.remove({ partition: String(partition) });
     }
   }

@@ -60,6 +60,7 @@ export async function aggregatorCatchup(
   },
 ): Promise<AggregatorRun> {
   const run = context.topics.name(`agg_w${options.workers}`);
+  await settleDatabase(context.databaseUrl);
   const service = await startAggregatorProcess({
     kafkaBrokers: context.kafkaBrokers,
     databaseUrl: context.databaseUrl,
@@ -138,15 +139,22 @@ export async function aggregatorCatchup(
 }
 
 /**
- * Drops a finished run's schema and takes a checkpoint, so that the next run starts from the same
- * PostgreSQL: otherwise autovacuum works through every earlier run's membership tables, and the
- * checkpointer writes their pages, while the next run is measured.
+ * Drops a finished run's schema, then checkpoints (`settleDatabase`): otherwise autovacuum works
+ * through every earlier run's membership tables while the next run is measured.
  */
 export async function dropRunSchema(databaseUrl: string, schema: string): Promise<void> {
+  await settleDatabase(databaseUrl, `DROP SCHEMA IF EXISTS ${schema} CASCADE`);
+}
+
+/**
+ * Runs `statement` (if any) and takes a checkpoint, so that a run does not pay for the pages
+ * that what came before it (an earlier run, a scenario's history, a dropped schema) left dirty.
+ */
+async function settleDatabase(databaseUrl: string, statement?: string): Promise<void> {
   const db = new pg.Client({ connectionString: databaseUrl });
   await db.connect();
   try {
-    await db.query(`DROP SCHEMA IF EXISTS ${schema} CASCADE`);
+    if (statement !== undefined) await db.query(statement);
     // CHECKPOINT needs a superuser or pg_checkpoint; without either, runs share the checkpointer.
     await db.query('CHECKPOINT').catch(() => {});
   } finally {

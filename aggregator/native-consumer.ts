@@ -40,6 +40,13 @@ const CONSUME_WAIT_MS = 200;
 export const QUEUED_MAX_KBYTES = 16_384;
 /** The most a fetch brings per partition (librdkafka's default 1 MiB). */
 export const MAX_PARTITION_FETCH_BYTES = 8 * 1024 * 1024;
+/**
+ * How long librdkafka waits before fetching a partition again once its queue reached a bound
+ * (the bytes above, or `queued.min.messages`). Its default, 1 s, is longer than the aggregator
+ * takes to empty a full queue: it then waits for records the broker already has. Measured in
+ * bench/RESULTS.md ("aggregate-catchup").
+ */
+export const FETCH_QUEUE_BACKOFF_MS = 20;
 
 export interface NativeConsumerOptions {
   brokers: readonly string[];
@@ -70,6 +77,7 @@ export function createNativeConsumer(options: NativeConsumerOptions, logger: Log
     'auto.offset.reset': options.offsetReset === 'earliest' ? 'earliest' : 'error',
     'queued.max.messages.kbytes': QUEUED_MAX_KBYTES,
     'max.partition.fetch.bytes': MAX_PARTITION_FETCH_BYTES,
+    'fetch.queue.backoff.ms': FETCH_QUEUE_BACKOFF_MS,
     // As the KafkaJS layer set them, under which the chaos suite's broker faults were measured.
     'socket.timeout.ms': 30_000,
     'socket.connection.setup.timeout.ms': 11_000,

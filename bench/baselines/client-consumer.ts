@@ -12,6 +12,7 @@
 import kafkaJavascript from '@confluentinc/kafka-javascript';
 import {
   CONSUME_MAX_MESSAGES,
+  FETCH_QUEUE_BACKOFF_MS,
   MAX_PARTITION_FETCH_BYTES,
   QUEUED_MAX_KBYTES,
 } from '../../aggregator/native-consumer.js';
@@ -33,6 +34,7 @@ const consumer = new kafkaJavascript.KafkaConsumer(
     // As the aggregator (aggregator/native-consumer.ts).
     'queued.max.messages.kbytes': QUEUED_MAX_KBYTES,
     'max.partition.fetch.bytes': MAX_PARTITION_FETCH_BYTES,
+    'fetch.queue.backoff.ms': FETCH_QUEUE_BACKOFF_MS,
   },
   { 'auto.offset.reset': 'earliest' },
 );

@@ -51,7 +51,8 @@ export class BenchTopics {
 
   /**
    * Writes `events` to `topic` exactly as ingest does (key = `site/user_id`, or the user id alone
-   * for the default site; JSON value, the receive time as the record timestamp, no headers), as fast as the producer goes.
+   * for the default site; JSON value, the receive time as the record timestamp, the content-type
+   * header), as fast as the producer goes.
    */
   async fill(
     topic: string,
@@ -78,6 +79,7 @@ export class BenchTopics {
                 key: recordKey(event),
                 value: encodeEvent(event),
                 timestamp,
+                headers: { 'content-type': 'application/json' },
               })),
             }),
           );

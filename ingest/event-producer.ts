@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import kafkaJavascript, {
   type DeliveryReport,
   type LibrdKafkaError,
+  type MessageHeader,
 } from '@confluentinc/kafka-javascript';
 import { PipelineError } from '../shared/errors.js';
 import { type ActivityEvent, DEFAULT_SITE, encodeEvent } from '../shared/event-schema.js';
@@ -40,6 +41,13 @@ export interface EventProducerOptions {
 }
 
 /**
+ * The one headers list every record carries (librdkafka copies it per message). Records without
+ * it were cheaper to consume, but end-to-end freshness p99 in `make bench` went from 2.1–2.5 s
+ * to 3.1–4.0 s at the same load, for a reason not found yet (bench/results/analysis.md).
+ */
+const HEADERS: MessageHeader[] = [{ 'content-type': 'application/json' }];
+
+/**
  * The encoding buffer's size. Every event fits many times over (a validated event is at most
  * about 9 KB of JSON, at most three bytes per UTF-16 unit); it is never grown.
  */
@@ -53,9 +61,7 @@ const ENCODE_BUFFER_BYTES = 256 * 1024;
  * Every record carries its site and the site's time zone (`site`, `time_zone`), and is keyed by
  * `site/user_id` (`user_id` alone for `DEFAULT_SITE`, as before sites: an upgrade keeps every
  * user in the partition they had). So one (site, user) always lands in the same partition: the
- * aggregator's per-partition unique-user counts add up exactly because of it. Records carry no
- * headers: the topic holds JSON events and nothing else, and a header would cost a conversion
- * here and an object per record in every consumer.
+ * aggregator's per-partition unique-user counts add up exactly because of it.
  *
  * Every produced event carries an `event_id`: the client's, or one assigned here. Even an
  * idempotent producer can write a message twice (librdkafka bumps the producer epoch after a
@@ -374,6 +380,7 @@ export class EventProducer {
           keyPrefix === '' ? event.user_id : keyPrefix + event.user_id,
           receivedAtMs,
           firstOpaque + index,
+          HEADERS,
         );
       } catch (err) {
         // Refused before it was queued (queue full, not connected): certainly not stored.

@@ -41,6 +41,7 @@ app.post('/activity', async (request, reply) => {
           key: result.event.user_id,
           value: encodeEvent(result.event),
           timestamp: String(receivedAtMs),
+          headers: { 'content-type': 'application/json' },
         },
       ],
     });

@@ -34,6 +34,7 @@ const pool = producedEvents({ count: 100_000, endMs: Date.now(), spanMs: 1 }).ma
   key: Buffer.from(event.user_id),
   value: Buffer.from(encodeEvent({ ...event, timestamp: Date.now() })),
 }));
+const headers = [{ 'content-type': Buffer.from('application/json') }];
 
 const producer = new kafkaJavascript.Producer({
   'bootstrap.servers': brokers,
@@ -72,7 +73,7 @@ while (performance.now() < endAt) {
   while (inFlight < maxInFlight) {
     const message = pool[next++ % pool.length] as { key: Buffer; value: Buffer };
     try {
-      producer.produce(topic, null, message.value, message.key, Date.now());
+      producer.produce(topic, null, message.value, message.key, Date.now(), undefined, headers);
       inFlight++;
     } catch {
       break;

@@ -27,7 +27,7 @@ type Consumer = RdConsumer;
 /**
  * Bytes of consumed records packed and waiting for their partition's turn at a worker, at most:
  * past it the loop stops calling `consume` until a batch is done (librdkafka's own prefetch is
- * bounded by `QUEUED_MAX_KBYTES`). Twice a large batch's worth per worker: enough that a worker
+ * bounded by `FETCH_SETTINGS`). Twice a large batch's worth per worker: enough that a worker
  * never waits for the main thread, measured in bench/RESULTS.md.
  */
 const MAX_WAITING_BYTES = 8 * 1024 * 1024;

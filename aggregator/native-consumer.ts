@@ -32,21 +32,25 @@ export const CONSUME_MAX_MESSAGES = 5_000;
 const CONSUME_WAIT_MS = 200;
 
 /**
- * librdkafka's prefetch, at most (default 64 MiB): bounded and measured in
- * bench/RESULTS.md ("aggregate-catchup"). 16 MiB is tens of thousands of events, seconds of
- * work at the aggregator's rate, while a fetch of 8 MiB per partition (below) keeps the broker
- * round trips few.
+ * The consumer's fetch and prefetch settings, measured in bench/RESULTS.md
+ * ("aggregate-catchup"); the client-consume baseline takes the same object.
  */
-export const QUEUED_MAX_KBYTES = 16_384;
-/** The most a fetch brings per partition (librdkafka's default 1 MiB). */
-export const MAX_PARTITION_FETCH_BYTES = 8 * 1024 * 1024;
-/**
- * How long librdkafka waits before fetching a partition again once its queue reached a bound
- * (the bytes above, or `queued.min.messages`). Its default, 1 s, is longer than the aggregator
- * takes to empty a full queue: it then waits for records the broker already has. Measured in
- * bench/RESULTS.md ("aggregate-catchup").
- */
-export const FETCH_QUEUE_BACKOFF_MS = 20;
+export const FETCH_SETTINGS = {
+  /**
+   * librdkafka's prefetch, at most (default 64 MiB). 16 MiB is tens of thousands of events,
+   * seconds of work at the aggregator's rate, while a fetch of 8 MiB per partition (below) keeps
+   * the broker round trips few.
+   */
+  'queued.max.messages.kbytes': 16_384,
+  /** The most a fetch brings per partition (librdkafka's default 1 MiB). */
+  'max.partition.fetch.bytes': 8 * 1024 * 1024,
+  /**
+   * How long librdkafka waits before fetching a partition again once its queue reached a bound
+   * (the bytes above, or `queued.min.messages`). Its default, 1 s, is longer than the aggregator
+   * takes to empty a full queue: it then waits for records the broker already has.
+   */
+  'fetch.queue.backoff.ms': 20,
+} as const;
 
 export interface NativeConsumerOptions {
   brokers: readonly string[];
@@ -75,9 +79,7 @@ export function createNativeConsumer(options: NativeConsumerOptions, logger: Log
     // not be skipped silently: librdkafka's default jumps to the end. 'error' stops fetching
     // that partition; the watchdog's look finds it and says so (ActivityConsumer.noteEnds).
     'auto.offset.reset': options.offsetReset === 'earliest' ? 'earliest' : 'error',
-    'queued.max.messages.kbytes': QUEUED_MAX_KBYTES,
-    'max.partition.fetch.bytes': MAX_PARTITION_FETCH_BYTES,
-    'fetch.queue.backoff.ms': FETCH_QUEUE_BACKOFF_MS,
+    ...FETCH_SETTINGS,
     // As the KafkaJS layer set them, under which the chaos suite's broker faults were measured.
     'socket.timeout.ms': 30_000,
     'socket.connection.setup.timeout.ms': 11_000,

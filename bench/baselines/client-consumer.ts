@@ -10,12 +10,7 @@
  *   KAFKA_BROKERS=... TOPIC=... GROUP=... EXPECTED=... CAP_SEC=30 node client-consumer.js
  */
 import kafkaJavascript from '@confluentinc/kafka-javascript';
-import {
-  CONSUME_MAX_MESSAGES,
-  FETCH_QUEUE_BACKOFF_MS,
-  MAX_PARTITION_FETCH_BYTES,
-  QUEUED_MAX_KBYTES,
-} from '../../aggregator/native-consumer.js';
+import { CONSUME_MAX_MESSAGES, FETCH_SETTINGS } from '../../aggregator/native-consumer.js';
 import { ConfigReader } from '../../shared/config-reader.js';
 
 const r = new ConfigReader(process.env);
@@ -32,9 +27,7 @@ const consumer = new kafkaJavascript.KafkaConsumer(
     'group.id': groupId,
     'enable.auto.commit': false,
     // As the aggregator (aggregator/native-consumer.ts).
-    'queued.max.messages.kbytes': QUEUED_MAX_KBYTES,
-    'max.partition.fetch.bytes': MAX_PARTITION_FETCH_BYTES,
-    'fetch.queue.backoff.ms': FETCH_QUEUE_BACKOFF_MS,
+    ...FETCH_SETTINGS,
   },
   { 'auto.offset.reset': 'earliest' },
 );

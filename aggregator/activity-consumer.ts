@@ -35,6 +35,11 @@ const MAX_WAITING_BYTES = 8 * 1024 * 1024;
 const CONSUME_ERROR_BACKOFF_MS = 200;
 /** A batch that failed (its dead letters could not be produced) is read again after this. */
 const BATCH_RETRY_DELAY_MS = 1_000;
+/**
+ * How long a seek may take (the binding's seek waits for librdkafka's fetcher to take it). A seek
+ * not done by then is tried again.
+ */
+const SEEK_TIMEOUT_MS = 2_000;
 /** How long stopping waits for the consume call in flight (it returns within 200 ms). */
 const CONSUME_CALL_DEADLINE_MS = 5_000;
 /** The seed's write policy: 3 attempts with backoff, then pause and keep trying. */
@@ -125,6 +130,8 @@ export class ActivityConsumer implements WatchedConsumer {
   private readonly leftBehind = new Set<Consumer>();
   /** Each assigned partition's records between `consume` and a worker. */
   private readonly feeds = new PartitionFeeds();
+  /** Partitions whose records were dropped: sought back before the next `consume` call. */
+  private readonly seekBeforeConsuming = new Set<number>();
   /** Rebalance callbacks run one after another, in the order librdkafka gave them. */
   private rebalances: Promise<void> = Promise.resolve();
   /** The current consumer's loop, and the `consume` call it waits for. */
@@ -257,6 +264,10 @@ export class ActivityConsumer implements WatchedConsumer {
     while (current()) {
       await this.roomToConsume(current);
       if (!current()) break;
+      // Before the next call: records prefetched before a seek are discarded only once
+      // librdkafka has it; a call started earlier could hand them out (PartitionFeeds.take).
+      await this.seekWanted();
+      if (!current()) break;
       const resetBefore = this.feeds.sequence;
       let messages: Message[];
       const call = consumeBatch(consumer, CONSUME_MAX_MESSAGES);
@@ -299,8 +310,15 @@ export class ActivityConsumer implements WatchedConsumer {
       this.missing.noteSkipped(partition, expected, offset),
     );
     if (taken.redelivered > 0) this.metrics.redelivered.inc(taken.redelivered);
-    // Dropped as fetched before their position was set anew: read again from the feed's end.
-    for (const partition of taken.stale) this.seek(partition);
+    // Dropped (fetched before their position was set anew, or after a gap): read again from the
+    // feed's end.
+    for (const partition of taken.stale) this.seekBeforeConsuming.add(partition);
+    for (const gap of taken.gaps) {
+      this.logger.info(
+        gap,
+        'records after a gap dropped; reading the partition again from the gap',
+      );
+    }
     for (const partition of this.feeds.partitions) {
       const feed = this.feeds.get(partition);
       if (feed?.packer !== undefined) this.positions.set(partition, feed.lastPacked + 1);
@@ -346,7 +364,7 @@ export class ActivityConsumer implements WatchedConsumer {
         this.logger.warn({ err, partition }, 'a batch failed; reading it again');
         const through = this.aggregation.appliedThrough(partition) ?? -1;
         this.feeds.rewind(partition, through, Date.now() + BATCH_RETRY_DELAY_MS);
-        this.seek(partition);
+        this.seekBeforeConsuming.add(partition);
       }
       return;
     }
@@ -370,17 +388,42 @@ export class ActivityConsumer implements WatchedConsumer {
     }
   }
 
-  /** Makes librdkafka read the partition from where its feed stands (`seekOffset`). */
-  private seek(partition: number): void {
+  /** Seeks every partition in `seekBeforeConsuming` to its feed's next record, and waits. */
+  private async seekWanted(): Promise<void> {
+    if (this.seekBeforeConsuming.size === 0) return;
+    const partitions = [...this.seekBeforeConsuming];
+    this.seekBeforeConsuming.clear();
+    const done = await Promise.all(partitions.map((partition) => this.seek(partition)));
+    // A partition not sought keeps its records dropped, and asks again: not at once.
+    if (done.includes(false)) await sleep(CONSUME_ERROR_BACKOFF_MS);
+  }
+
+  /**
+   * Makes librdkafka read the partition from where its feed stands (`seekOffset`), and resolves
+   * once it has taken the seek: from then on it discards what it fetched before.
+   */
+  private async seek(partition: number): Promise<boolean> {
     const feed = this.feeds.get(partition);
-    if (feed === undefined) return;
+    if (feed === undefined) return true;
     const offset = this.feeds.seekOffset(feed);
     if (offset >= 0) this.positions.set(partition, offset);
-    try {
-      this.consumer.seek({ topic: this.options.topic, partition, offset }, 0, () => {});
-    } catch (err) {
-      this.logger.warn({ err, partition, offset }, 'seek failed');
+    const err = await new Promise<unknown>((resolve) => {
+      try {
+        this.consumer.seek({ topic: this.options.topic, partition, offset }, SEEK_TIMEOUT_MS, (e) =>
+          resolve(e),
+        );
+      } catch (e) {
+        resolve(e);
+      }
+    });
+    // Not done: the partition's records still come from the old position; they are dropped
+    // (the feed's seek is pending), which asks for a seek again.
+    if (err) {
+      this.logger.warn({ err, partition, offset }, 'seek failed; trying again');
+      return false;
     }
+    this.feeds.sought(partition, feed, offset);
+    return true;
   }
 
   /** A failed `consume` call: said at most every 30 s (the loop tries again at once). */
@@ -683,6 +726,7 @@ export class ActivityConsumer implements WatchedConsumer {
     this.aggregation.drop(partitions);
     for (const partition of partitions) {
       this.feeds.delete(partition);
+      this.seekBeforeConsuming.delete(partition);
       this.positions.delete(partition);
       this.missing.forget(partition);
       this.metrics.partitionLag.remove({ partition: String(partition) });

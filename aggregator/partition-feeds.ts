@@ -31,10 +31,11 @@ export interface Feed {
   lastBatch: PackerSizes | undefined;
   /**
    * A gap seen after `lastPacked`: the record at `at` came next. Its records were dropped and the
-   * partition sought back; only when a completed seek (`sought`) brings the same gap again is it
-   * taken as the log's (retention moved the earliest offset past it, with OFFSET_RESET=earliest).
+   * partition sought back; only when the same gap comes again once that seek has completed (no
+   * seek pending) is it taken as the log's (retention moved the earliest offset past it, with
+   * OFFSET_RESET=earliest).
    */
-  gap: { after: number; at: number; sought: boolean } | undefined;
+  gap: { after: number; at: number } | undefined;
   /**
    * Records of the partition were dropped and it must be sought back: until a seek to
    * `seekOffset` has completed, whatever librdkafka delivers for it comes from the old position.
@@ -158,9 +159,9 @@ export class PartitionFeeds {
    * comes again.
    */
   sought(partition: number, feed: Feed, offset: number): void {
-    if (this.feeds.get(partition) !== feed || offset !== this.seekOffset(feed)) return;
-    feed.seekPending = false;
-    if (feed.gap !== undefined && feed.gap.after === feed.lastPacked) feed.gap.sought = true;
+    if (this.feeds.get(partition) === feed && offset === this.seekOffset(feed)) {
+      feed.seekPending = false;
+    }
   }
 
   /**
@@ -206,15 +207,10 @@ export class PartitionFeeds {
         continue;
       }
       if (offset > feed.lastPacked + 2 && !feed.fromBeginning) {
-        const gap = feed.gap;
-        if (
-          gap === undefined ||
-          !gap.sought ||
-          gap.after !== feed.lastPacked ||
-          gap.at !== offset
-        ) {
+        // Records are taken only with no seek pending: the same gap again comes after the seek.
+        if (feed.gap?.after !== feed.lastPacked || feed.gap.at !== offset) {
           // Not taken before a seek has brought it again: the partition's records are dropped.
-          feed.gap = { after: feed.lastPacked, at: offset, sought: false };
+          feed.gap = { after: feed.lastPacked, at: offset };
           feed.seekPending = true;
           stale.push(partition);
           gaps.push({ partition, expected: feed.lastPacked + 1, offset });

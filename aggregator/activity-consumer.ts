@@ -17,6 +17,7 @@ import {
   leave,
   type RdConsumer,
   REVOKE_PARTITIONS,
+  seekPartition,
 } from './native-consumer.js';
 import type { PartitionEnd, Position } from './partition-backlog.js';
 import { type Feed, OFFSET_BEGINNING, PartitionFeeds } from './partition-feeds.js';
@@ -407,18 +408,11 @@ export class ActivityConsumer implements WatchedConsumer {
     if (feed === undefined) return true;
     const offset = this.feeds.seekOffset(feed);
     if (offset >= 0) this.positions.set(partition, offset);
-    const err = await new Promise<unknown>((resolve) => {
-      try {
-        this.consumer.seek({ topic: this.options.topic, partition, offset }, SEEK_TIMEOUT_MS, (e) =>
-          resolve(e),
-        );
-      } catch (e) {
-        resolve(e);
-      }
-    });
-    // Not done: the partition's records still come from the old position; they are dropped
-    // (the feed's seek is pending), which asks for a seek again.
-    if (err) {
+    try {
+      await seekPartition(this.consumer, this.options.topic, partition, offset, SEEK_TIMEOUT_MS);
+    } catch (err) {
+      // Not done: the partition's records still come from the old position; they are dropped
+      // (the feed's seek is pending), which asks for a seek again.
       this.logger.warn({ err, partition, offset }, 'seek failed; trying again');
       return false;
     }

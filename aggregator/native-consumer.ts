@@ -124,6 +124,28 @@ export function consumeBatch(consumer: RdConsumer, max: number): Promise<Message
   );
 }
 
+/**
+ * Seeks a partition and resolves once librdkafka has taken the seek (from then on it discards
+ * what it fetched before); rejects when it did not within `timeoutMs`, or refused it.
+ */
+export function seekPartition(
+  consumer: RdConsumer,
+  topic: string,
+  partition: number,
+  offset: number,
+  timeoutMs: number,
+): Promise<void> {
+  return new Promise((resolve, reject) => {
+    try {
+      consumer.seek({ topic, partition, offset }, timeoutMs, (err) =>
+        err ? reject(err) : resolve(),
+      );
+    } catch (err) {
+      reject(err);
+    }
+  });
+}
+
 /** Leaves the group (the revocation goes through the rebalance callback) and disconnects. */
 export function leave(consumer: RdConsumer): Promise<void> {
   return new Promise((resolve, reject) => {

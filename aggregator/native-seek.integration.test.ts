@@ -19,6 +19,7 @@ import {
   createNativeConsumer,
   leave,
   type RdConsumer,
+  seekPartition,
 } from './native-consumer.js';
 
 const stack = stackFromEnv();
@@ -26,12 +27,6 @@ const logger = createLogger('test', 'warn');
 const RECORDS = 3_000;
 /** Records taken per call: far fewer than librdkafka prefetches from one fetch. */
 const TAKE = 100;
-
-function seek(consumer: RdConsumer, topic: string, offset: number): Promise<void> {
-  return new Promise((resolve, reject) =>
-    consumer.seek({ topic, partition: 0, offset }, 2_000, (err) => (err ? reject(err) : resolve())),
-  );
-}
 
 test('after a completed seek, consume starts at the sought offset, not at what was prefetched', async (t) => {
   const resources = await createTestResources('seek', stack, logger);
@@ -77,7 +72,7 @@ test('after a completed seek, consume starts at the sought offset, not at what w
   await sleep(500);
 
   for (const offset of [10, 2_500, 1_000, 0]) {
-    await seek(consumer, resources.topic, offset);
+    await seekPartition(consumer, resources.topic, 0, offset, 2_000);
     const messages = await waitFor(
       async () => {
         const batch = await consumeBatch(consumer, TAKE);
